@@ -1,0 +1,32 @@
+# Two entry points, each doing all set-up on a fresh machine:
+#   make run   -- .venv + pinned dependencies + Fashion-MNIST, then the main job (`fashionssl run`)
+#   make test  -- the same set-up, then the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup data bench clean
+
+run: setup
+	$(BIN)/fashionssl run
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+setup: $(STAMP) data
+
+# torch first and pinned: pip then takes the CPU wheel that lies on this machine's disk,
+# not a multi-GB CUDA build pulled in by a looser requirement.
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+data:
+	@scripts/ensure-data.sh
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,61 @@
+"""What a run directory records: config, versions, metrics (JSON lines and TensorBoard), results."""
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import atomic_write
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, default=str) + "\n").encode()))
+
+
+def versions(device: torch.device) -> dict[str, str]:
+    info = {"fashionssl": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
+            "threads": str(torch.get_num_threads())}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = str(torch.version.cuda)
+    return info
+
+
+class MetricsLog:
+    """Appends scalars to `metrics.jsonl` and, when TensorBoard is installed, to `tb/`.
+
+    On resume, lines past the checkpoint's step are dropped first: they describe steps that will be
+    trained again, and keeping them would leave two histories in one file.
+    """
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None):
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
+        self.file = self.path.open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+        except ImportError:  # TensorBoard is optional; metrics.jsonl holds everything anyway
+            self.tensorboard = None
+
+    def log(self, step: int, **scalars: float) -> None:
+        self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.file.flush()
+        if self.tensorboard:
+            for name, value in scalars.items():
+                if name != "epoch":
+                    self.tensorboard.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard:
+            self.tensorboard.close()
