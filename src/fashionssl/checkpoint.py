@@ -19,10 +19,19 @@ from .errors import UserError
 FORMAT = "fashionssl-checkpoint-1"
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to one line (some, like EOFError(), have none)."""
+    lines = str(error).splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(file_object) on a temp file beside `path`, fsync, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any other file
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -41,9 +50,9 @@ def atomic_write(path: Path, write) -> None:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     try:
-        atomic_write(Path(path), lambda f: torch.save({"format": FORMAT, **state}, f))
+        atomic_write(Path(path), lambda f: torch.save({**state, "format": FORMAT}, f))
     except OSError as e:
-        raise UserError(f"cannot write checkpoint {path}: {e.strerror}; the previous checkpoint is untouched") from None
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous checkpoint is untouched") from None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -62,9 +71,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UserError(f"refusing to load {path}: it holds objects other than tensors and plain data "
-                        f"(possibly code); only load checkpoints you trust with other tools. ({str(e).splitlines()[0]})") from None
+                        f"(possibly code), or is damaged; only load checkpoints you trust with other tools. ({first_line(e)})") from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]} (truncated or not a checkpoint)") from None
+        raise UserError(f"cannot read checkpoint {path}: {first_line(e)} (truncated or not a checkpoint)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a fashionssl checkpoint (format {FORMAT!r} expected)")
     return state

@@ -5,6 +5,7 @@ from it (`fashionssl pretrain --config run/config.toml` takes the same keys).
 """
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -76,7 +77,10 @@ def check_value(where: str, key: str, value: Any, expected: tuple[type, ...]) ->
 def validate(cfg: Config, where: str = "config") -> Config:
     """Type and range checks for every field; returns cfg for chaining."""
     for name, f in FIELDS.items():
-        check_value(where, name, getattr(cfg, name), _expected_types(f.type))
+        value = getattr(cfg, name)
+        check_value(where, name, value, _expected_types(f.type))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{where}: {name} must be a finite number, got {value}")
     if cfg.precision not in PRECISIONS:
         raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     positive = ["epochs", "batch_size", "eval_batch_size", "log_every", "knn_bank_size"]
@@ -120,8 +124,9 @@ def make_config(file: str | Path | None = None, **overrides: Any) -> Config:
             raise UserError(f"unknown config key {key!r}; valid keys: {', '.join(FIELDS)}")
         if value is None:
             continue
-        if isinstance(value, dict):  # option tables merge key by key
-            value = {**values.get(key, {}), **value}
+        if isinstance(value, dict) and key in values:  # option tables merge key by key
+            check_value(where, key, values[key], (dict,))
+            value = {**values[key], **value}
         values[key] = value
     return validate(Config(**values), where)
 

@@ -17,7 +17,7 @@ from torch import nn
 from pathlib import Path
 
 from .augment import AugmentConfig, make_config, normalize
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import first_line, load_checkpoint, resolve_checkpoint
 from .config import Config
 from .data import FashionMNIST, load_fashion_mnist
 from .device import autocast_dtype, resolve_device
@@ -34,14 +34,17 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, aug: AugmentConf
                      batch_size: int = 1024, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """uint8 images (N, 28, 28) -> float32 features (N, D) on `device`, in eval mode (BatchNorm uses
     its running statistics, so a sample's features do not depend on its batch)."""
-    was_training = backbone.training
+    modes = {module: module.training for module in backbone.modules()}
     backbone.eval()
     parts = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size].to(device), aug)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            parts.append(backbone(x).float())
-    backbone.train(was_training)
+    try:
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start:start + batch_size].to(device), aug)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+                parts.append(backbone(x).float())
+    finally:
+        for module, training in modes.items():
+            module.training = training
     return torch.cat(parts)
 
 
@@ -72,7 +75,7 @@ def fit_linear_classifier(x: torch.Tensor, y: torch.Tensor, weight_decay: float,
     Starting from zero, or from `init` (a solution for a nearby weight decay), which converges in
     far fewer iterations when sweeping a grid.
     """
-    layer = nn.Linear(x.shape[1], num_classes).to(x.device)
+    layer = nn.utils.skip_init(nn.Linear, x.shape[1], num_classes, device=x.device)  # no RNG draw
     with torch.no_grad():
         layer.weight.copy_(init.weight if init is not None else torch.zeros_like(layer.weight))
         layer.bias.copy_(init.bias if init is not None else torch.zeros_like(layer.bias))
@@ -160,7 +163,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | None = None, dev
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise UserError(f"checkpoint {checkpoint} does not match method {cfg.method!r} with encoder "
-                        f"{cfg.encoder!r}: {str(e).splitlines()[0]}") from None
+                        f"{cfg.encoder!r}: {first_line(e)}") from None
     dev = resolve_device(device or cfg.device)
     data = load_fashion_mnist(data_dir or cfg.data_dir, cfg.val_size)
     aug = make_config(cfg.augment, **cfg.augment_options)

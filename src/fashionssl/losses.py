@@ -18,3 +18,47 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     logits.fill_diagonal_(float("-inf"))  # an embedding is not its own negative
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)  # i <-> i + N
     return F.cross_entropy(logits, targets)
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """MoCo's InfoNCE: each query is classified against its own key (the positive) and a queue of
+    negatives.
+
+    "a query q and a set of encoded samples {k0, k1, k2, ...} that are the keys of a dictionary.
+    [...] The contrastive loss is low when q is similar to its positive key k+ and dissimilar to all
+    other keys" (He et al., 2020): L_q = -log exp(q.k+/T) / (exp(q.k+/T) + sum_k- exp(q.k-/T)).
+    query, key: (N, D), row i of each from the same image; queue: (K, D). Every input is L2-normalised
+    here, so the logits are cosine similarities / T. Gradients flow into `query` only where the caller
+    passes a detached key and queue, as MoCo does.
+
+    Distributed: the negatives are the queue this process holds; nothing is gathered here. Under
+    DDP the caller must gather keys from every process before enqueueing them.
+    """
+    q = F.normalize(query.float(), dim=1)
+    k = F.normalize(key.float(), dim=1)
+    negatives = F.normalize(queue.float(), dim=1)
+    positive = (q * k).sum(1, keepdim=True)  # (N, 1)
+    negative = q @ negatives.T  # (N, K)
+    logits = torch.cat([positive, negative], dim=1) / temperature  # (N, 1 + K), the positive in column 0
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def normalized_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL's regression loss, the mean over the batch of || p/||p|| - z/||z|| ||^2 = 2 - 2 cos(p, z).
+
+    "we define the following mean squared error between the normalized predictions and target
+    projections" (Grill et al., 2020). It lies in [0, 4]; the stop-gradient on `target` is the
+    caller's to apply (BYOL's target network has no gradient at all). Per-sample: no cross-sample
+    terms, so it needs no gathering under DDP.
+    """
+    return (2 - 2 * F.cosine_similarity(prediction.float(), target.float(), dim=1)).mean()
+
+
+def negative_cosine(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SimSiam's D(p, z) = -p/||p|| . z/||z||, averaged over the batch; it lies in [-1, 1].
+
+    "D(p1, z2) = - p1/||p1||_2 . z2/||z2||_2 [...] the negative cosine similarity" (Chen & He, 2021).
+    The stop-gradient D(p1, stopgrad(z2)) is the caller's to apply. Per-sample: nothing to gather
+    under DDP.
+    """
+    return -F.cosine_similarity(prediction.float(), target.float(), dim=1).mean()

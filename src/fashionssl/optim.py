@@ -19,6 +19,10 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -32,6 +36,7 @@ class LARS(torch.optim.Optimizer):
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                 buf.mul_(group["momentum"]).add_(update)
                 p.add_(buf, alpha=-group["lr"])
+        return loss
 
 
 OPTIMIZERS = ("adamw", "sgd", "lars")

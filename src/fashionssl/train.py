@@ -107,7 +107,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
             order = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(cfg.seed, epoch, 0)))
             order = order.to(device)
             aug_generator = torch.Generator(device).manual_seed(stream_seed(cfg.seed, epoch, 1))
-            epoch_start, loss_sum, window_start = time.perf_counter(), 0.0, time.perf_counter()
+            epoch_start, window_start = time.perf_counter(), time.perf_counter()
+            loss_sum, extras_sum = 0.0, {}
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
             for i in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + i
@@ -130,6 +131,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
                     raise UserError(f"loss became {loss_value} at step {step} (epoch {epoch + 1}); stopped before "
                                     f"training on it. Last good checkpoint: {last}. Try a lower --lr.")
                 loss_sum += loss_value
+                for name, value in extras.items():
+                    extras_sum[name] = extras_sum.get(name, 0.0) + value.detach().float()
                 bar.update(batch)
                 if (step + 1) % cfg.log_every == 0:
                     now = time.perf_counter()
@@ -141,7 +144,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
 
             epoch_time = time.perf_counter() - epoch_start
             summary = {"epoch": epoch + 1, "epoch_loss": loss_sum / steps_per_epoch, "epoch_seconds": epoch_time,
-                       "epoch_images_per_s": steps_per_epoch * batch / epoch_time}
+                       "epoch_images_per_s": steps_per_epoch * batch / epoch_time,
+                       **{f"epoch_{name}": value.item() / steps_per_epoch for name, value in extras_sum.items()}}
             if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs) and len(data.val):
                 summary["knn_val_acc"] = knn_monitor(model, data, aug, cfg, device, amp)
             save_checkpoint(run_dir / "checkpoint.pt", {
@@ -150,6 +154,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
             })
             log.log((epoch + 1) * steps_per_epoch, **summary)
             bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+            for warning in model.epoch_warnings(summary):
+                bar.write(f"warning: {warning}")
     finally:
         bar.close()
         log.close()

@@ -7,10 +7,20 @@ from torch import nn
 from ..encoders import build_encoder
 from ..errors import UserError
 from .base import Method
+from .byol import BYOL
+from .moco import MoCo
+from .rotation import Rotation
 from .simclr import SimCLR
+from .simsiam import SimSiam
+from .supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
+    "moco": MoCo,
+    "byol": BYOL,
+    "simsiam": SimSiam,
+    "rotation": Rotation,
+    "supervised": Supervised,
 }
 
 

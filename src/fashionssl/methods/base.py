@@ -5,8 +5,16 @@ data, augmentation, optimisation, precision, checkpoints and logging, and never 
 it runs. Adding a method is one file and one line in `methods/__init__.py`.
 """
 
+import copy
+import functools
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ..errors import UserError
+from ..schedules import cosine_momentum
 
 
 class Method(nn.Module):
@@ -24,6 +32,68 @@ class Method(nn.Module):
         (scalar loss, extra detached scalars to log)."""
         raise NotImplementedError
 
+    def epoch_warnings(self, summary: dict[str, float]) -> list[str]:
+        """Warnings to print after an epoch, given its summary (the epoch means of forward's extra
+        logs appear as `epoch_<name>`), e.g. a collapse monitor. Default: none."""
+        return []
+
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after each optimizer step: EMA updates, queues, centres. Default: nothing."""
+
+
+# Helpers that several methods share.
+
+def check_option(method: str, name: str, value: object, rule: str, valid, integer: bool = False):
+    """Return `value` if it is a finite number (an int when `integer`) for which `valid(value)` holds;
+    else raise a UserError naming the method and option. `--opt` values arrive as TOML values or
+    plain strings, so the type is checked too (and a bool is not a number)."""
+    is_number = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    if not (is_number and math.isfinite(value) and valid(value)):
+        raise UserError(f"{method} option {name} must be {rule}, got {value!r}")
+    return value
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy with requires_grad off: a target/key network that the optimizer never sees (it
+    is built from the parameters that require grad) and that only EMA updates move."""
+    return copy.deepcopy(module).requires_grad_(False)
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter.
+
+    Buffers (BatchNorm running statistics) are not averaged: the target network runs in train
+    mode and keeps its own, as in the official MoCo and BYOL code.
+    """
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.copy_(momentum * t + (1 - momentum) * o)
+
+
+@functools.lru_cache(maxsize=8)
+def _momentum_schedule(base: float, total_steps: int) -> list[float]:
+    return cosine_momentum(base, total_steps).tolist()
+
+
+def target_momentum(base: float, step: int, total_steps: int) -> float:
+    """The EMA momentum for the update after `step` under BYOL's cosine schedule from `base` to 1."""
+    return _momentum_schedule(base, total_steps)[min(step, total_steps - 1)]
+
+
+def normalized_std(z: torch.Tensor) -> torch.Tensor:
+    """Collapse monitor (SimSiam section 4.1): the std over the batch of the L2-normalised outputs,
+    averaged over dimensions. About 1/sqrt(d) for healthy, spread-out outputs; 0 when every image
+    maps to the same vector. Detached: it is for logging only."""
+    return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
+
+
+def collapse_warnings(method: str, summary: dict[str, float], dim: int, advice: str, fraction: float = 0.2) -> list[str]:
+    """A warning when the epoch mean of `collapse_std` (see normalized_std) is below fraction/sqrt(dim)."""
+    value = summary.get("epoch_collapse_std")
+    healthy = 1 / math.sqrt(dim)
+    if value is None or value >= fraction * healthy:
+        return []
+    return [f"{method} is collapsing: collapse_std {value:.4f} is below {fraction:g}/sqrt({dim}) = "
+            f"{fraction * healthy:.4f} (healthy is about {healthy:.4f}, 0 is total collapse: every image gets "
+            f"nearly the same embedding and the backbone stops learning anything useful). {advice}"]

@@ -1,0 +1,48 @@
+"""Rotation prediction, RotNet (Gidaris et al., 2018): classify which of four rotations was applied.
+
+"we propose to learn image features by training ConvNets to recognize the 2d rotation that is
+applied to the image that it gets as input [...] the ConvNet model must learn to localize salient
+objects in the image, recognize their orientation and object type". Every image is shown in all
+four rotations in the same batch, as the paper found best.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..heads import mlp_head
+from .base import Method, check_option
+
+NUM_ROTATIONS = 4
+
+
+def rotate_all(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, H, W) square images -> (4N, C, H, W) rotated copies and their (4N,) labels.
+
+    Block k (rows kN .. kN + N - 1) is every image rotated by k * 90 degrees counter-clockwise
+    (torch.rot90 from the H axis towards the W axis) and has label k.
+    """
+    rotated = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(NUM_ROTATIONS)])  # (4N, C, H, W)
+    labels = torch.arange(NUM_ROTATIONS, device=images.device).repeat_interleave(len(images))  # (4N,)
+    return rotated, labels
+
+
+class Rotation(Method):
+    """Options: hidden_dim of the rotation classifier on the backbone's features; 0 makes it linear,
+    so the rotation task has to be solved in the features themselves (measured better for kNN on
+    the features than an MLP head in short runs)."""
+
+    num_views = 1
+
+    def __init__(self, backbone, hidden_dim: int = 0):
+        super().__init__(backbone)
+        check_option("rotation", "hidden_dim", hidden_dim, "an integer >= 0 (0: linear classifier)",
+                     lambda v: v >= 0, integer=True)
+        dim = backbone.feature_dim
+        self.classifier = mlp_head(dim, hidden_dim, NUM_ROTATIONS) if hidden_dim else nn.Linear(dim, NUM_ROTATIONS)
+
+    def forward(self, views, labels):
+        x, rotation = rotate_all(views[0])  # (4N, 1, 28, 28), (4N,): labels of the task, not the data
+        logits = self.classifier(self.backbone(x))  # (4N, 4)
+        loss = F.cross_entropy(logits.float(), rotation)
+        return loss, {"rotation_acc": (logits.detach().argmax(1) == rotation).float().mean()}

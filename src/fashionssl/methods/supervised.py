@@ -1,0 +1,30 @@
+"""Supervised reference: the same encoder and augmentation, trained with the labels.
+
+Cross entropy of a linear classifier on the backbone's features, one augmented view per image. It
+is the upper reference the self-supervised methods are compared with; tables mark it as using labels.
+"""
+
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Method, check_option
+
+NUM_CLASSES = 10  # Fashion-MNIST
+
+
+class Supervised(Method):
+    """Options: label_smoothing of the cross entropy (0 = plain cross entropy)."""
+
+    num_views = 1
+    uses_labels = True
+
+    def __init__(self, backbone, label_smoothing: float = 0.0):
+        super().__init__(backbone)
+        self.label_smoothing = check_option("supervised", "label_smoothing", label_smoothing, "a number in [0, 1)",
+                                            lambda v: 0 <= v < 1)
+        self.classifier = nn.Linear(backbone.feature_dim, NUM_CLASSES)
+
+    def forward(self, views, labels):
+        logits = self.classifier(self.backbone(views[0]))  # (N, 10)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return loss, {"train_acc": (logits.detach().argmax(1) == labels).float().mean()}

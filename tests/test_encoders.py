@@ -1,0 +1,122 @@
+"""Tests for fashionssl.encoders: output shapes, feature_dim, memory formats, bf16 autocast, names,
+and the reference blog's parameter count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fashionssl.encoders import ENCODERS, build_encoder
+from fashionssl.errors import UserError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny problems: one intra-op thread avoids thread spin-waits on a shared, busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+FEATURE_DIMS = {"cnn": 256, "cnn-bn": 256, "resnet18": 512}
+
+
+@pytest.fixture(scope="module")
+def encoders():
+    torch.manual_seed(0)
+    return {name: build_encoder(name).eval() for name in ENCODERS}
+
+
+def test_every_encoder_has_a_known_feature_dim():
+    assert set(ENCODERS) == set(FEATURE_DIMS)
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_DIMS))
+def test_output_shape_and_feature_dim(encoders, name):
+    model = encoders[name]
+    assert model.feature_dim == FEATURE_DIMS[name]
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (3, FEATURE_DIMS[name])
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    # samples are processed independently in eval mode
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[1:2]), out[1:2], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_DIMS))
+def test_channels_last_input_gives_same_features(encoders, name):
+    model = encoders[name]
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+        out = model(x.contiguous(memory_format=torch.channels_last))
+    assert out.shape == (2, FEATURE_DIMS[name])
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_DIMS))
+def test_bf16_autocast(encoders, name):
+    model = encoders[name]
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    assert out.shape == (2, FEATURE_DIMS[name])
+    assert out.dtype == torch.bfloat16  # the last layer ran in bf16 under autocast
+    assert torch.isfinite(out.float()).all()
+    # close to fp32 relative to the feature scale
+    err = (out.float() - expected).abs().max() / expected.abs().max()
+    assert err < 0.1
+
+
+def test_training_mode_backward_reaches_first_layer():
+    model = build_encoder("cnn-bn").train()
+    out = model(torch.randn(4, 1, 28, 28))
+    out.pow(2).mean().backward()
+    first = next(model.parameters())
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_unknown_encoder_names_choices():
+    with pytest.raises(UserError) as info:
+        build_encoder("nope")
+    message = str(info.value)
+    assert "'nope'" in message
+    for name in ENCODERS:
+        assert name in message
+
+
+def test_build_returns_fresh_modules():
+    a, b = build_encoder("cnn"), build_encoder("cnn")
+    assert a is not b
+    assert all(p is not q for p, q in zip(a.parameters(), b.parameters()))
+
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_cnn_parameter_count_matches_reference_blog():
+    # conv 1->32, 32->64, 64->128 (3x3, with bias), then 128 * 3 * 3 = 1152 -> 256 linear
+    conv1 = 1 * 32 * 3 * 3 + 32  # 320
+    conv2 = 32 * 64 * 3 * 3 + 64  # 18_496
+    conv3 = 64 * 128 * 3 * 3 + 128  # 73_856
+    fc = 1152 * 256 + 256  # 295_168
+    assert conv1 + conv2 + conv3 + fc == 387_840
+    model = build_encoder("cnn")
+    assert count(model) == 387_840
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_cnn_bn_parameter_count():
+    # convolutions lose their bias (BN has one), each BN adds a scale and a shift per channel
+    convs = 1 * 32 * 9 + 32 * 64 * 9 + 64 * 128 * 9
+    bns = 2 * (32 + 64 + 128)
+    fc = 1152 * 256 + 256
+    model = build_encoder("cnn-bn")
+    assert count(model) == convs + bns + fc == 388_064
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 3
