@@ -72,7 +72,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         raise UserError(f"refusing to load {path}: it holds objects other than tensors and plain data "
                         f"(possibly code), or is damaged; only load checkpoints you trust with other tools. ({first_line(e)})") from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # torch.load fails in many ways on files that are not checkpoints
         raise UserError(f"cannot read checkpoint {path}: {first_line(e)} (truncated or not a checkpoint)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a fashionssl checkpoint (format {FORMAT!r} expected)")

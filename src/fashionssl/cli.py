@@ -3,8 +3,12 @@
 import argparse
 import sys
 
+from .augment import PRESETS
 from .config import make_config, parse_option
+from .encoders import ENCODERS
 from .errors import UserError
+from .methods import METHODS
+from .optim import OPTIMIZERS
 
 EPILOG = "Options also come from --config FILE.toml (same names, with _ for -); flags override the file."
 
@@ -12,15 +16,15 @@ EPILOG = "Options also come from --config FILE.toml (same names, with _ for -); 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what and how to train (defaults: the main job, see README)")
     g.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
-    g.add_argument("--method", help="simclr (default)")
-    g.add_argument("--encoder", help="cnn, cnn-bn (default), resnet18")
+    g.add_argument("--method", help=f"{', '.join(METHODS)} (default simclr)")
+    g.add_argument("--encoder", help=f"{', '.join(ENCODERS)} (default cnn-bn)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
-    g.add_argument("--optimizer", help="adamw (default), sgd, lars")
+    g.add_argument("--optimizer", help=f"{', '.join(OPTIMIZERS)} (default adamw)")
     g.add_argument("--lr", type=float, help="peak learning rate after warm-up")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--warmup-epochs", type=float)
-    g.add_argument("--augment", help="augmentation preset: default, seed (the blog's), none")
+    g.add_argument("--augment", help=f"augmentation preset: {', '.join(PRESETS)} (seed = the blog's recipe)")
     g.add_argument("--aug", action="append", default=[], metavar="KEY=VALUE",
                    help="override one augmentation field, e.g. --aug crop_scale=[0.3,1.0] (repeatable)")
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",

@@ -34,14 +34,24 @@ def stream_seed(seed: int, epoch: int, stream: int) -> int:
 
 
 def new_run_dir(cfg: Config) -> Path:
+    """The run directory for a new run; refuses one that already holds a run."""
     run_dir = Path(cfg.out or f"runs/{cfg.method}-{cfg.encoder}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (run_dir / "checkpoint.pt").exists():
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create run directory {run_dir}: {e.strerror}") from None
     return run_dir
+
+
+def last_good(run_dir: Path, epoch: int) -> str:
+    """Where a stopped run can be resumed from: the checkpoint written after `epoch` epochs."""
+    if epoch == 0:
+        return "No checkpoint was written yet."
+    return f"Last good checkpoint: {run_dir / 'checkpoint.pt'} (after epoch {epoch}; resume with --resume {run_dir})."
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter and buffer is finite. BatchNorm can keep the loss finite while the
+    weights and running statistics blow up, so the loss alone does not tell."""
+    return all(bool(torch.isfinite(t).all()) for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
 
 
 def knn_monitor(model: Method, data: FashionMNIST, aug: augment.AugmentConfig, cfg: Config,
@@ -93,6 +103,10 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
     else:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create run directory {run_dir}: {e.strerror}") from None
         write_json(run_dir / "config.json", dataclasses.asdict(cfg))
         write_json(run_dir / "versions.json", versions(device))
     forward = torch.compile(model) if cfg.compile else model
@@ -127,9 +141,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
 
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
-                    last = f"{run_dir / 'checkpoint.pt'} (epoch {epoch})" if epoch > 0 else "none yet"
-                    raise UserError(f"loss became {loss_value} at step {step} (epoch {epoch + 1}); stopped before "
-                                    f"training on it. Last good checkpoint: {last}. Try a lower --lr.")
+                    raise UserError(f"loss became {loss_value} at step {step + 1} (epoch {epoch + 1}); run stopped. "
+                                    f"{last_good(run_dir, epoch)} Try a lower --lr.")
                 loss_sum += loss_value
                 for name, value in extras.items():
                     extras_sum[name] = extras_sum.get(name, 0.0) + value.detach().float()
@@ -148,6 +161,9 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
                        **{f"epoch_{name}": value.item() / steps_per_epoch for name, value in extras_sum.items()}}
             if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs) and len(data.val):
                 summary["knn_val_acc"] = knn_monitor(model, data, aug, cfg, device, amp)
+            if not all_finite(model):
+                raise UserError(f"weights or BatchNorm statistics became non-finite during epoch {epoch + 1} (the loss "
+                                f"stayed finite); run stopped. {last_good(run_dir, epoch)} Try a lower --lr.")
             save_checkpoint(run_dir / "checkpoint.pt", {
                 "config": dataclasses.asdict(cfg), "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -41,7 +41,7 @@ class MoCo(Method):
         # Random unit vectors until real keys replace them (as the official code starts).
         self.register_buffer("queue", torch.nn.functional.normalize(torch.randn(queue_size, out_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))  # next slot to write
-        self._new_keys = None  # this step's keys, enqueued by after_step once the step is done
+        self._new_keys = None  # this step's keys until after_step enqueues them: never outlives a step, so no state
 
     def forward(self, views, labels):
         n = views[0].shape[0]

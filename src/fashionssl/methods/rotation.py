@@ -28,13 +28,13 @@ def rotate_all(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Rotation(Method):
-    """Options: hidden_dim of the rotation classifier on the backbone's features; 0 makes it linear,
-    so the rotation task has to be solved in the features themselves (measured better for kNN on
-    the features than an MLP head in short runs)."""
+    """Options: hidden_dim of the rotation classifier, an MLP on the backbone's features (0 makes it
+    linear). RotNet's best features lie below its last layers, which specialise in rotation; an MLP
+    head takes that specialisation off the backbone's output, as a projection head does for SimCLR."""
 
     num_views = 1
 
-    def __init__(self, backbone, hidden_dim: int = 0):
+    def __init__(self, backbone, hidden_dim: int = 512):
         super().__init__(backbone)
         check_option("rotation", "hidden_dim", hidden_dim, "an integer >= 0 (0: linear classifier)",
                      lambda v: v >= 0, integer=True)

@@ -2,18 +2,17 @@
 
 import torch
 
-from ..errors import UserError
 from ..heads import mlp_head
 from ..losses import nt_xent
-from .base import Method
+from .base import Method, check_option
 
 
 class SimCLR(Method):
     def __init__(self, backbone, temperature: float = 0.2, hidden_dim: int = 512, out_dim: int = 128):
         super().__init__(backbone)
-        if temperature <= 0:
-            raise UserError(f"simclr option temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_option("simclr", "temperature", temperature, "a number > 0", lambda v: v > 0)
+        check_option("simclr", "hidden_dim", hidden_dim, "an integer >= 1", lambda v: v >= 1, integer=True)
+        check_option("simclr", "out_dim", out_dim, "an integer >= 1", lambda v: v >= 1, integer=True)
         self.projector = mlp_head(backbone.feature_dim, hidden_dim, out_dim)
 
     def forward(self, views, labels):

@@ -1,0 +1,63 @@
+"""Shared fixtures for the integration tests (test_train.py, test_cli.py).
+
+Training tests use small real data: a copy of the first few thousand Fashion-MNIST images written as
+raw IDX files, so that loading and, above all, evaluation (which always uses every image of the
+data directory) take seconds instead of minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashionssl.config import Config
+from fashionssl.data import FILES, find_data_dir, read_idx
+
+SMALL_TRAIN = 3000  # official training images kept in the small data directory
+SMALL_TEST = 1000
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """A raw (uncompressed) IDX file: magic 0x0000 + type 0x08 (uint8) + ndim, big-endian dims, payload."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + array.tobytes())
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(tmp_path_factory) -> Path:
+    """The first SMALL_TRAIN training and SMALL_TEST test images of the real Fashion-MNIST."""
+    real = find_data_dir()
+    directory = tmp_path_factory.mktemp("fashion-mnist-small")
+    for key, n in (("train_images", SMALL_TRAIN), ("train_labels", SMALL_TRAIN),
+                   ("test_images", SMALL_TEST), ("test_labels", SMALL_TEST)):
+        candidates = [real / FILES[key], real / (FILES[key] + ".gz")]
+        source = next(p for p in candidates if p.is_file())
+        write_idx(directory / FILES[key], read_idx(source)[:n].numpy())
+    return directory
+
+
+def quick_config(out: Path, data_dir: Path, **overrides) -> Config:
+    """A run of a few seconds: 512 images, batch 128 (4 steps per epoch), one epoch, a step line
+    per step and a kNN check with a 500-image bank after every epoch."""
+    values = dict(encoder="cnn-bn", epochs=1, batch_size=128, train_subset=512, val_size=500,
+                  knn_every=1, knn_bank_size=500, log_every=1, eval_batch_size=1024,
+                  data_dir=str(data_dir), out=str(out))
+    values.update(overrides)
+    return Config(**values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, small_data_dir) -> tuple[Config, Path]:
+    """One finished quick run, shared by the tests that only read it: (its config, its run dir).
+
+    Tests must not modify the directory, except evaluation adding results.json.
+    """
+    from fashionssl.train import pretrain
+
+    cfg = quick_config(tmp_path_factory.mktemp("trained") / "run", small_data_dir)
+    run_dir = pretrain(dataclasses.replace(cfg))
+    return cfg, run_dir
