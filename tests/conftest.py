@@ -1,4 +1,4 @@
-"""Shared fixtures for the integration tests (test_train.py, test_cli.py).
+"""Shared fixtures: single-threaded unit tests, and small real data for the integration tests.
 
 Training tests use small real data: a copy of the first few thousand Fashion-MNIST images written as
 raw IDX files, so that loading and, above all, evaluation (which always uses every image of the
@@ -12,9 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fashionssl.config import Config
 from fashionssl.data import FILES, find_data_dir, read_idx
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny problems: one intra-op thread avoids thread spin-waits on a shared, busy machine.
+    Used by the unit-test modules through `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 SMALL_TRAIN = 3000  # official training images kept in the small data directory
 SMALL_TEST = 1000

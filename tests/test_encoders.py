@@ -11,13 +11,7 @@ from fashionssl.encoders import ENCODERS, build_encoder
 from fashionssl.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny problems: one intra-op thread avoids thread spin-waits on a shared, busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 FEATURE_DIMS = {"cnn": 256, "cnn-bn": 1152, "resnet18": 512}
 

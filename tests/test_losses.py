@@ -11,13 +11,7 @@ import torch
 from fashionssl.losses import nt_xent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny problems: one intra-op thread avoids thread spin-waits on a shared, busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def reference_nt_xent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:

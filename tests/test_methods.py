@@ -29,13 +29,7 @@ from fashionssl.schedules import cosine_momentum
 NEW_METHODS = ["moco", "byol", "simsiam", "rotation", "supervised"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small problems on a shared, busy 2-core machine: one intra-op thread is fastest and steadiest."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make(name: str, seed: int = 0, **options):

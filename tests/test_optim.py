@@ -13,13 +13,7 @@ from fashionssl.errors import UserError
 from fashionssl.optim import LARS, OPTIMIZERS, build_optimizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny problems: one intra-op thread avoids thread spin-waits on a shared, busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def small_model() -> nn.Module:
