@@ -36,9 +36,9 @@ def fashionssl_images_per_s(encoder: str, batch_size: int, precision: str, chann
     return [line for line in lines if "epoch_images_per_s" in line][-1]["epoch_images_per_s"]
 
 
-def seed_images_per_s(peer_dir: Path, batches: int) -> float:
+def seed_images_per_s(peer_dir: Path, peers: Path, batches: int) -> float:
     """Run the reference script for one capped epoch and read its printed wall time."""
-    out = subprocess.run([str(peer_dir / "venv/bin/python"), str(PEERS / "seed_simclr.py"), "--epochs", "1",
+    out = subprocess.run([str(peer_dir / "venv/bin/python"), str(peers / "seed_simclr.py"), "--epochs", "1",
                           "--eval-epochs", "0", "--max-batches", str(batches)],
                          cwd=peer_dir, capture_output=True, text=True).stdout
     # With --eval-epochs 0 the script crashes after pretraining (its linear_evaluation returns an unset
@@ -58,12 +58,13 @@ def main() -> None:
     p.add_argument("--variants", default="fp32,bf16,bf16+cl",
                    help="comma list of fp32 | bf16, '+cl' for channels_last")
     p.add_argument("--peer-dir", type=Path, default=Path("/tmp/peer"), help="where setup_peer.sh put the seed's venv")
-    p.add_argument("--seed-batches", type=int, default=40)
+    p.add_argument("--peers", type=Path, default=PEERS, help="folder holding seed_simclr.py")
+    p.add_argument("--seed-batches", type=int, default=235, help="235 = the reference's whole epoch")
     a = p.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
     rows = []
-    seed = seed_images_per_s(a.peer_dir, a.seed_batches) if (a.peer_dir / "venv").exists() else None
+    seed = seed_images_per_s(a.peer_dir, a.peers, a.seed_batches) if (a.peer_dir / "venv").exists() else None
     if seed is None:
         print(f"reference venv not found in {a.peer_dir}: run ../shared/peers/setup_peer.sh {a.peer_dir}", file=sys.stderr)
     for variant in a.variants.split(","):
