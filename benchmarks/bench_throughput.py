@@ -72,7 +72,7 @@ def main() -> None:
         speed = fashionssl_images_per_s(a.encoder, a.batch_size, precision, layout == "cl", a.steps)
         rows.append((f"fashionssl {a.encoder}, batch {a.batch_size}, {variant}", speed))
     if seed is not None:
-        rows.insert(0, (f"reference script (seed_simclr.py), batch 256", seed))
+        rows.insert(0, ("reference script (seed_simclr.py), batch 256", seed))
     print("\n| pretraining | images/s | vs reference |\n|---|---:|---:|")
     for name, speed in rows:
         ratio = f"{speed / seed:.2f}x" if seed else "n/a"

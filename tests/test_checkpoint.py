@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashionssl import checkpoint
 from fashionssl.checkpoint import FORMAT, load_checkpoint, resolve_checkpoint, save_checkpoint
 from fashionssl.errors import UserError
 

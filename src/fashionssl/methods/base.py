@@ -54,6 +54,11 @@ def check_option(method: str, name: str, value: object, rule: str, valid, intege
     return value
 
 
+def check_size(method: str, name: str, value: object) -> int:
+    """check_option for a layer width or queue length: an integer >= 1."""
+    return check_option(method, name, value, "an integer >= 1", lambda v: v >= 1, integer=True)
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy with requires_grad off: a target/key network that the optimizer never sees (it
     is built from the parameters that require grad) and that only EMA updates move."""

@@ -11,7 +11,7 @@ import torch
 
 from ..heads import mlp_head
 from ..losses import normalized_mse
-from .base import Method, check_option, collapse_warnings, ema_update, frozen_copy, normalized_std, target_momentum
+from .base import Method, check_option, check_size, collapse_warnings, ema_update, frozen_copy, normalized_std, target_momentum
 
 
 class BYOL(Method):
@@ -24,8 +24,8 @@ class BYOL(Method):
     def __init__(self, backbone, tau_base: float = 0.99, hidden_dim: int = 512, out_dim: int = 128):
         super().__init__(backbone)
         self.tau_base = check_option("byol", "tau_base", tau_base, "a number in [0, 1)", lambda v: 0 <= v < 1)
-        check_option("byol", "hidden_dim", hidden_dim, "an integer >= 1", lambda v: v >= 1, integer=True)
-        self.out_dim = check_option("byol", "out_dim", out_dim, "an integer >= 1", lambda v: v >= 1, integer=True)
+        check_size("byol", "hidden_dim", hidden_dim)
+        self.out_dim = check_size("byol", "out_dim", out_dim)
         self.projector = mlp_head(backbone.feature_dim, hidden_dim, out_dim)
         self.predictor = mlp_head(out_dim, hidden_dim, out_dim)
         # Target network: backbone + projector, a copy that only EMA updates move.

@@ -17,7 +17,7 @@ import torch
 
 from ..heads import mlp_head
 from ..losses import info_nce
-from .base import Method, check_option, ema_update, frozen_copy, target_momentum
+from .base import Method, check_option, check_size, ema_update, frozen_copy, target_momentum
 
 
 class MoCo(Method):
@@ -30,10 +30,10 @@ class MoCo(Method):
                  hidden_dim: int = 512, out_dim: int = 128):
         super().__init__(backbone)
         self.temperature = check_option("moco", "temperature", temperature, "a number > 0", lambda v: v > 0)
-        check_option("moco", "queue_size", queue_size, "an integer >= 1", lambda v: v >= 1, integer=True)
+        check_size("moco", "queue_size", queue_size)
         self.momentum = check_option("moco", "momentum", momentum, "a number in [0, 1)", lambda v: 0 <= v < 1)
-        check_option("moco", "hidden_dim", hidden_dim, "an integer >= 1", lambda v: v >= 1, integer=True)
-        check_option("moco", "out_dim", out_dim, "an integer >= 1", lambda v: v >= 1, integer=True)
+        check_size("moco", "hidden_dim", hidden_dim)
+        check_size("moco", "out_dim", out_dim)
         self.projector = mlp_head(backbone.feature_dim, hidden_dim, out_dim)
         # Key encoder: starts as a copy of backbone + projector, then moves only by EMA.
         self.key_backbone = frozen_copy(self.backbone)

@@ -4,15 +4,15 @@ import torch
 
 from ..heads import mlp_head
 from ..losses import nt_xent
-from .base import Method, check_option
+from .base import Method, check_option, check_size
 
 
 class SimCLR(Method):
     def __init__(self, backbone, temperature: float = 0.2, hidden_dim: int = 512, out_dim: int = 128):
         super().__init__(backbone)
         self.temperature = check_option("simclr", "temperature", temperature, "a number > 0", lambda v: v > 0)
-        check_option("simclr", "hidden_dim", hidden_dim, "an integer >= 1", lambda v: v >= 1, integer=True)
-        check_option("simclr", "out_dim", out_dim, "an integer >= 1", lambda v: v >= 1, integer=True)
+        check_size("simclr", "hidden_dim", hidden_dim)
+        check_size("simclr", "out_dim", out_dim)
         self.projector = mlp_head(backbone.feature_dim, hidden_dim, out_dim)
 
     def forward(self, views, labels):

@@ -11,7 +11,7 @@ import torch
 
 from ..heads import mlp_head
 from ..losses import negative_cosine
-from .base import Method, check_option, collapse_warnings, normalized_std
+from .base import Method, check_size, collapse_warnings, normalized_std
 
 
 class SimSiam(Method):
@@ -20,9 +20,9 @@ class SimSiam(Method):
 
     def __init__(self, backbone, hidden_dim: int = 512, out_dim: int = 256, pred_dim: int = 64):
         super().__init__(backbone)
-        check_option("simsiam", "hidden_dim", hidden_dim, "an integer >= 1", lambda v: v >= 1, integer=True)
-        self.out_dim = check_option("simsiam", "out_dim", out_dim, "an integer >= 1", lambda v: v >= 1, integer=True)
-        check_option("simsiam", "pred_dim", pred_dim, "an integer >= 1", lambda v: v >= 1, integer=True)
+        check_size("simsiam", "hidden_dim", hidden_dim)
+        self.out_dim = check_size("simsiam", "out_dim", out_dim)
+        check_size("simsiam", "pred_dim", pred_dim)
         self.projector = mlp_head(backbone.feature_dim, hidden_dim, out_dim)
         self.predictor = mlp_head(out_dim, pred_dim, out_dim)
 
