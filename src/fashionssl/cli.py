@@ -65,6 +65,18 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir")
     ev.add_argument("--device")
     ev.add_argument("--out", metavar="FILE.json", help="results file (default: results.json beside the checkpoint)")
+    bench = sub.add_parser("bench", help="compare methods at one budget against raw-pixel and untrained baselines",
+                           description="Pretrain and evaluate each method with the same data, augmentation, encoder "
+                                       "and epochs (default: every method, 10 epochs of the main job's recipe); writes "
+                                       "comparison.md and comparison.json. Rerunning continues an interrupted bench.")
+    bench.add_argument("--methods", help=f"comma-separated, from: {', '.join(METHODS)} (default: all)")
+    bench.add_argument("--config", metavar="FILE.toml", help="shared config keys, `methods = [...]` and "
+                                                             "[per_method.NAME] tables of per-method overrides")
+    for flag, kind in (("--encoder", str), ("--epochs", int), ("--batch-size", int), ("--lr", float),
+                       ("--data-dir", str), ("--device", str), ("--seed", int), ("--val-size", int),
+                       ("--train-subset", int)):
+        bench.add_argument(flag, type=kind)
+    bench.add_argument("--out", default="runs/bench", help="bench directory, one run directory per method (default runs/bench)")
     return p
 
 
@@ -74,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluate import evaluate_checkpoint, results_table
         from .train import pretrain
 
+        if args.command == "bench":
+            from .bench import bench
+
+            flags = {k: getattr(args, k) for k in ("encoder", "epochs", "batch_size", "lr", "data_dir", "device",
+                                                   "seed", "val_size", "train_subset")}
+            methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+            print(bench(args.out, methods, args.config, flags))
+            return 0
         if args.command == "evaluate":
             print(results_table(evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.out)))
             return 0

@@ -100,8 +100,9 @@ def validate(cfg: Config, where: str = "config") -> Config:
     return cfg
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file; unknown keys are errors (a typo must not silently use a default)."""
+def load_toml(path: str | Path, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a TOML config file; unknown keys are errors (a typo must not silently use a default).
+    `extra_keys` are allowed besides the Config fields (the bench file's own tables)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -109,9 +110,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot read config file {path}: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid TOML: {e}") from None
-    unknown = sorted(set(data) - set(FIELDS))
+    unknown = sorted(set(data) - set(FIELDS) - set(extra_keys))
     if unknown:
-        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(FIELDS)}")
+        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join([*extra_keys, *FIELDS])}")
     return data
 
 

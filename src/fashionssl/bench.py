@@ -1,0 +1,128 @@
+"""Compare methods at one budget: the same data, augmentation, encoder, epochs and evaluation for
+each, beside the baselines every method has to beat (raw pixels and the untrained encoder, through
+the same probe). Writes `comparison.md` and `comparison.json`; this is how docs/benchmarks.md's
+method table is made.
+
+A bench directory is resumable: a method whose run already holds `results.json` is read back, an
+interrupted one continues from its last epoch checkpoint, so a long comparison survives a kill.
+"""
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .augment import make_config as make_augment_config, normalize
+from .config import load_toml, make_config
+from .data import load_fashion_mnist
+from .device import resolve_device
+from .encoders import build_encoder
+from .errors import UserError
+from .evaluate import evaluate_backbone, evaluate_checkpoint, evaluate_features
+from .methods import METHODS
+from .runlog import write_json
+from .train import pretrain
+
+# What the comparison runs unless told otherwise: every method, 10 epochs of the main job's recipe
+# (cnn-bn, batch 512, AdamW 2e-3, default augmentation); the kNN monitor is off to save time.
+DEFAULT_BUDGET = {"epochs": 10, "knn_every": 0}
+
+
+def load_bench_file(path: str | Path) -> tuple[list[str] | None, dict[str, Any], dict[str, dict[str, Any]]]:
+    """A bench TOML file: optional `methods = [...]`, config keys shared by every method at the top
+    level, and per-method overrides in `[per_method.NAME]` tables (e.g. a method's own options)."""
+    path = Path(path)
+    data = load_toml(path, extra_keys=("methods", "per_method"))
+    methods = data.pop("methods", None)
+    per_method = data.pop("per_method", {})
+    for name, overrides in per_method.items():
+        if name not in METHODS:
+            raise UserError(f"{path}: [per_method.{name}]: unknown method; choose from {', '.join(METHODS)}")
+        if not isinstance(overrides, dict):
+            raise UserError(f"{path}: per_method.{name} must be a table of config keys")
+    return methods, data, per_method
+
+
+def check_methods(methods: list[str]) -> list[str]:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise UserError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def epoch_stats(run_dir: Path) -> dict[str, float]:
+    """Pretraining time and speed from metrics.jsonl: the sum of epoch times, and the median epoch
+    (the quiet cost when the machine was shared for a while)."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    epochs = [line for line in lines if "epoch_seconds" in line]
+    seconds = [line["epoch_seconds"] for line in epochs]
+    return {"pretrain_seconds": sum(seconds), "median_epoch_seconds": statistics.median(seconds),
+            "images_per_s": statistics.median(line["epoch_images_per_s"] for line in epochs)}
+
+
+def run_method(method: str, run_dir: Path, overrides: dict[str, Any]) -> dict:
+    """Pretrain and evaluate one method into `run_dir`, reusing whatever a previous bench left there."""
+    if not (run_dir / "results.json").exists():
+        if (run_dir / "checkpoint.pt").exists():
+            pretrain(resume=run_dir)
+        else:
+            pretrain(make_config(None, **{**overrides, "method": method, "out": str(run_dir)}))
+        evaluate_checkpoint(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    return {"name": method, "run_dir": str(run_dir), **results, **epoch_stats(run_dir)}
+
+
+def baseline_rows(encoder: str, data_dir: str | None, val_size: int, device: str, seed: int) -> list[dict]:
+    """Raw pixels and the untrained encoder (initialised by `seed`), through the same probe and kNN."""
+    data = load_fashion_mnist(data_dir, val_size)
+    aug = make_augment_config("default")
+    pixels = [(normalize(s.images, aug).flatten(1), s.labels) for s in (data.train, data.val, data.test)]
+    start = time.perf_counter()
+    raw = {"name": "raw pixels (784-d)", **evaluate_features(*pixels), "eval_seconds": time.perf_counter() - start}
+    torch.manual_seed(seed)
+    untrained = evaluate_backbone(build_encoder(encoder), data, aug, resolve_device(device))
+    return [raw, {"name": f"untrained {encoder} (seed {seed})", **untrained}]
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """Markdown: one row per baseline or method; methods that learn from labels say so."""
+    lines = ["| features | linear probe | kNN k=200 | zero-shot | pretraining | median epoch | images/s | evaluation |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        name = r["name"] + (" (uses labels)" if r.get("uses_labels") else "")
+        zero_shot = f"{100 * r['zero_shot_test_acc']:.2f}%" if "zero_shot_test_acc" in r else ""
+        pretrain_time = f"{r['pretrain_seconds'] / 60:.1f} min" if "pretrain_seconds" in r else ""
+        epoch = f"{r['median_epoch_seconds']:.1f} s" if "median_epoch_seconds" in r else ""
+        speed = f"{r['images_per_s']:,.0f}" if "images_per_s" in r else ""
+        lines.append(f"| {name} | {100 * r['linear_probe_test_acc']:.2f}% | {100 * r['knn_test_acc']:.2f}% | "
+                     f"{zero_shot} | {pretrain_time} | {epoch} | {speed} | {r['eval_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | Path | None = None,
+          overrides: dict[str, Any] | None = None) -> str:
+    """Run the comparison into `out` (one run directory per method) and return the Markdown table.
+
+    Budget: DEFAULT_BUDGET < the bench file's shared keys < `overrides` (command-line flags), then a
+    method's own `[per_method.NAME]` table.
+    """
+    file_methods, shared, per_method = load_bench_file(bench_file) if bench_file else (None, {}, {})
+    methods = check_methods(methods or file_methods or list(METHODS))
+    common = {**DEFAULT_BUDGET, **shared, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    for name in methods:  # validate every method's config before spending an hour on the first
+        make_config(None, **{**common, **per_method.get(name, {}), "method": name})
+    reference = make_config(None, **common)
+    out = Path(out)
+    rows = baseline_rows(reference.encoder, reference.data_dir, reference.val_size, reference.device, reference.seed)
+    for name in methods:
+        rows.append(run_method(name, out / name, {**common, **per_method.get(name, {})}))
+        write_json(out / "comparison.json", {"budget": common, "per_method": per_method, "rows": rows})
+    table = comparison_table(rows)
+    header = (f"Fashion-MNIST test accuracy, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads; budget: {json.dumps(common)}"
+              + (f"; per method: {json.dumps(per_method)}" if per_method else ""))
+    (out / "comparison.md").write_text(f"{header}\n\n{table}\n")
+    return table

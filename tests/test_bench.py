@@ -1,0 +1,71 @@
+"""The method comparison: its table, its bench file, and a real two-method bench that resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fashionssl.bench import bench, comparison_table, load_bench_file
+from fashionssl.cli import main
+from fashionssl.errors import UserError
+
+ROW = {"name": "simclr", "linear_probe_test_acc": 0.9012, "knn_test_acc": 0.8567, "eval_seconds": 55.2,
+       "pretrain_seconds": 600.0, "median_epoch_seconds": 19.74, "images_per_s": 2800.4}
+
+
+def test_table_formats_each_column_and_marks_label_users():
+    table = comparison_table([
+        {"name": "raw pixels (784-d)", "linear_probe_test_acc": 0.8422, "knn_test_acc": 0.8178, "eval_seconds": 20.4},
+        ROW,
+        {**ROW, "name": "supervised", "uses_labels": True, "zero_shot_test_acc": 0.8125},
+    ]).splitlines()
+    assert len(table) == 5
+    assert table[2] == "| raw pixels (784-d) | 84.22% | 81.78% |  |  |  |  | 20 s |"
+    assert table[3] == "| simclr | 90.12% | 85.67% |  | 10.0 min | 19.7 s | 2,800 | 55 s |"
+    assert table[4].startswith("| supervised (uses labels) | 90.12% | 85.67% | 81.25% |")
+
+
+def test_bench_file_reads_methods_shared_keys_and_per_method_tables(tmp_path):
+    path = tmp_path / "bench.toml"
+    path.write_text('methods = ["simclr", "byol"]\nepochs = 3\n[per_method.byol]\nlr = 1e-3\n')
+    assert load_bench_file(path) == (["simclr", "byol"], {"epochs": 3}, {"byol": {"lr": 1e-3}})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochz = 3\n", "unknown key(s) epochz"),
+    ("[per_method.nope]\nlr = 1.0\n", "[per_method.nope]: unknown method"),
+    ("per_method = {simclr = 3}\n", "per_method.simclr must be a table"),
+])
+def test_bench_file_errors_name_the_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bench.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_bench_file(path)
+
+
+def test_bad_per_method_value_fails_before_any_training(tmp_path, small_data_dir):
+    path = tmp_path / "bench.toml"
+    path.write_text('[per_method.byol]\nlr = -1.0\n')
+    with pytest.raises(UserError, match="lr must be > 0"):
+        bench(tmp_path / "out", ["simclr", "byol"], path, {"data_dir": str(small_data_dir), "val_size": 500})
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bench_runs_two_methods_and_a_rerun_reuses_them(tmp_path, small_data_dir, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "--methods", "simclr,rotation", "--epochs", "1", "--batch-size", "256", "--train-subset", "512",
+            "--encoder", "cnn", "--val-size", "500", "--data-dir", str(small_data_dir), "--out", str(out)]
+    assert main(args) == 0
+    table = "\n".join(line for line in capsys.readouterr().out.splitlines() if line.startswith("|"))
+    for name in ("raw pixels", "untrained cnn (seed 0)", "| simclr |", "| rotation |"):
+        assert name in table
+    saved = json.loads((out / "comparison.json").read_text())
+    assert [r["name"] for r in saved["rows"]][2:] == ["simclr", "rotation"]
+    assert saved["budget"]["epochs"] == 1 and saved["budget"]["knn_every"] == 0
+    assert (out / "comparison.md").read_text().endswith(table + "\n")
+    checkpoint_time = (out / "simclr" / "checkpoint.pt").stat().st_mtime_ns
+    assert main(args) == 0  # nothing retrained: both runs hold results.json
+    assert (out / "simclr" / "checkpoint.pt").stat().st_mtime_ns == checkpoint_time
+    rerun = capsys.readouterr().out.splitlines()
+    assert rerun[-2:] == table.splitlines()[-2:]  # the baselines are recomputed, the methods read back
