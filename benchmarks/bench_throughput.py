@@ -7,6 +7,8 @@ in its own venv (set up by `../shared/peers/setup_peer.sh /tmp/peer`), timed ove
 batches by its own per-epoch clock. Both count images per second, each image giving two views.
 
     .venv/bin/python benchmarks/bench_throughput.py --encoder cnn --batch-size 256
+    .venv/bin/python benchmarks/bench_throughput.py --encoder cnn-bn --batch-size 512 --variants bf16+cl \
+        --methods simclr,moco,byol --seed-batches 0      # every method's step, quietly, no reference
 """
 
 import argparse
@@ -26,9 +28,10 @@ from fashionssl.train import pretrain
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
 
 
-def fashionssl_images_per_s(encoder: str, batch_size: int, precision: str, channels_last: bool, steps: int) -> float:
+def fashionssl_images_per_s(method: str, encoder: str, batch_size: int, precision: str, channels_last: bool,
+                            steps: int) -> float:
     with tempfile.TemporaryDirectory() as out:
-        cfg = make_config(encoder=encoder, batch_size=batch_size, precision=precision, channels_last=channels_last,
+        cfg = make_config(method=method, encoder=encoder, batch_size=batch_size, precision=precision, channels_last=channels_last,
                           epochs=2, warmup_epochs=0.0, train_subset=batch_size * steps, val_size=5000,
                           knn_every=0, out=out)
         run_dir = pretrain(cfg)
@@ -59,18 +62,22 @@ def main() -> None:
                    help="comma list of fp32 | bf16, '+cl' for channels_last")
     p.add_argument("--peer-dir", type=Path, default=Path("/tmp/peer"), help="where setup_peer.sh put the seed's venv")
     p.add_argument("--peers", type=Path, default=PEERS, help="folder holding seed_simclr.py")
-    p.add_argument("--seed-batches", type=int, default=235, help="235 = the reference's whole epoch")
+    p.add_argument("--seed-batches", type=int, default=235, help="235 = the reference's whole epoch; 0 = skip it")
+    p.add_argument("--methods", default="simclr", help="comma list of methods to time")
     a = p.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
     rows = []
-    seed = seed_images_per_s(a.peer_dir, a.peers, a.seed_batches) if (a.peer_dir / "venv").exists() else None
-    if seed is None:
+    seed = None
+    if a.seed_batches and (a.peer_dir / "venv").exists():
+        seed = seed_images_per_s(a.peer_dir, a.peers, a.seed_batches)
+    elif a.seed_batches:
         print(f"reference venv not found in {a.peer_dir}: run ../shared/peers/setup_peer.sh {a.peer_dir}", file=sys.stderr)
-    for variant in a.variants.split(","):
-        precision, _, layout = variant.partition("+")
-        speed = fashionssl_images_per_s(a.encoder, a.batch_size, precision, layout == "cl", a.steps)
-        rows.append((f"fashionssl {a.encoder}, batch {a.batch_size}, {variant}", speed))
+    for method in a.methods.split(","):
+        for variant in a.variants.split(","):
+            precision, _, layout = variant.partition("+")
+            speed = fashionssl_images_per_s(method, a.encoder, a.batch_size, precision, layout == "cl", a.steps)
+            rows.append((f"fashionssl {method} {a.encoder}, batch {a.batch_size}, {variant}", speed))
     if seed is not None:
         rows.insert(0, ("reference script (seed_simclr.py), batch 256", seed))
     print("\n| pretraining | images/s | vs reference |\n|---|---:|---:|")
