@@ -17,11 +17,10 @@ from torch import nn
 from pathlib import Path
 
 from .augment import AugmentConfig, make_config, normalize
-from .checkpoint import first_line, load_checkpoint, resolve_checkpoint
-from .config import Config
+from .checkpoint import load_checkpoint, load_into, resolve_checkpoint
+from .config import config_from_dict
 from .data import FashionMNIST, load_fashion_mnist
 from .device import autocast_dtype, resolve_device
-from .errors import UserError
 from .methods import build_model
 from .runlog import write_json
 
@@ -159,13 +158,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | None = None, dev
                         out: str | Path | None = None) -> dict:
     """Evaluate a pretraining checkpoint's backbone; writes results.json beside it (or to `out`)."""
     state = load_checkpoint(checkpoint)
-    cfg = Config(**state["config"])
+    cfg = config_from_dict(state["config"], f"{resolve_checkpoint(checkpoint)} config")
     model = build_model(cfg)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {checkpoint} does not match method {cfg.method!r} with encoder "
-                        f"{cfg.encoder!r}: {first_line(e)}") from None
+    load_into(model, state["model"], checkpoint, f"method {cfg.method!r} with encoder {cfg.encoder!r}")
     dev = resolve_device(device or cfg.device)
     data = load_fashion_mnist(data_dir or cfg.data_dir, cfg.val_size)
     aug = make_config(cfg.augment, **cfg.augment_options)
