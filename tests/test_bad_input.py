@@ -31,6 +31,7 @@ from fashionssl.config import Config
 from fashionssl.data import FILES, read_idx
 from fashionssl.methods import build_model
 from fashionssl.methods.simclr import SimCLR
+from fashionssl.runlog import MetricsLog
 from fashionssl.train import pretrain
 
 from conftest import quick_config, write_idx
@@ -117,6 +118,13 @@ def disk_full(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(torch, "save", save)
 
 
+def metrics_disk_full(monkeypatch: pytest.MonkeyPatch):
+    """Appending a line to metrics.jsonl fails with ENOSPC."""
+    def log(self, step, **scalars):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+    monkeypatch.setattr(MetricsLog, "log", log)
+
+
 def case(name, setup, words, rc=2):
     """setup(ws, monkeypatch) prepares the damage and returns the argv; words: what the line must name."""
     return pytest.param(setup, words, rc, id=name)
@@ -188,6 +196,8 @@ CASES = [
          ["train-labels-idx1-ubyte/run"]),
     case("disk-full-at-checkpoint", lambda ws, mp: (disk_full(mp), ["pretrain", "--resume", str(ws.run)])[1],
          ["checkpoint.pt", "No space left on device", "untouched"]),
+    case("disk-full-at-metrics", lambda ws, mp: (metrics_disk_full(mp), ["pretrain", "--resume", str(ws.run)])[1],
+         ["metrics.jsonl", "No space left on device"]),
 ]
 
 

@@ -43,18 +43,17 @@ def new_run_dir(cfg: Config) -> Path:
 
 
 def resume_point(resume: str | Path) -> tuple[dict | None, Config, Path]:
-    """(checkpoint state or None, config, run dir) to continue from. A run killed before its first
-    checkpoint has only config.json: it starts again from that config, which replays it exactly."""
-    config_file = Path(resume) / "config.json"
-    if Path(resume).is_dir() and not (Path(resume) / "checkpoint.pt").exists() and config_file.is_file():
+    """(checkpoint state or None, config, checkpoint path) to continue from. A run killed before its
+    first checkpoint has only config.json: it starts again from that config, which replays it exactly."""
+    run, config_file = Path(resume), Path(resume) / "config.json"
+    if run.is_dir() and not (run / "checkpoint.pt").exists() and config_file.is_file():
         try:
             saved = json.loads(config_file.read_text())
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {config_file}: {e}") from None
-        return None, config_from_dict(saved, str(config_file)), Path(resume)
-    state = load_checkpoint(resume)
-    path = resolve_checkpoint(resume)
-    return state, config_from_dict(state["config"], f"{path} config"), path.parent
+        return None, config_from_dict(saved, str(config_file)), run / "checkpoint.pt"
+    state, checkpoint = load_checkpoint(resume), resolve_checkpoint(resume)
+    return state, config_from_dict(state["config"], f"{checkpoint} config"), checkpoint
 
 
 def last_good(run_dir: Path, epoch: int) -> str:
@@ -88,7 +87,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     """
     state = None
     if resume is not None:
-        state, cfg, run_dir = resume_point(resume)
+        state, cfg, checkpoint = resume_point(resume)
+        run_dir = checkpoint.parent
     else:
         cfg = cfg or Config()
         run_dir = new_run_dir(cfg)
@@ -113,7 +113,6 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay)
     start_epoch = 0
     if state is not None:
-        checkpoint = resolve_checkpoint(resume)
         load_into(model, state["model"], checkpoint, f"method {cfg.method!r} with encoder {cfg.encoder!r}")
         load_into(optimizer, state.get("optimizer"), checkpoint, f"optimizer {cfg.optimizer!r} for this model")
         start_epoch = state["epoch"]
