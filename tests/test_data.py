@@ -343,3 +343,70 @@ def test_read_idx_mutated_files(tmp_path_factory: pytest.TempPathFactory, file: 
     path = tmp_path_factory.mktemp("fuzz") / file[0]
     path.write_bytes(file[1])
     read_or_user_error(path)
+
+
+FAULTS = ["magic", "code", "ndim", "dim", "header", "payload", "gzip"]
+
+
+@st.composite
+def structured_idx_files(draw: st.DrawFn) -> tuple[str, bytes, tuple[int, ...] | None]:
+    """An IDX file built field by field from a valid one, with zero to three fields made wrong:
+    magic bytes, type code, number of dimensions, a dimension (0 or >= 2**31), a header cut short,
+    a payload a few bytes short or long, a damaged gzip stream. Returns (name, bytes, the shape a
+    reader must return if no field was made wrong, else None)."""
+    faults = set(draw(st.lists(st.sampled_from(FAULTS), max_size=3)))
+    code = draw(st.sampled_from(list(CODES.values())))
+    dims = draw(st.lists(st.integers(1, 5), min_size=1, max_size=4))
+    ndim = len(dims)
+    magic = b"\0\0"
+    if "magic" in faults:
+        magic = draw(st.sampled_from([b"\x01\0", b"\0\x08", b"\xff\xff", b"\x1f\x8b"]))
+    if "code" in faults:
+        code = draw(st.integers(0, 255).filter(lambda c: c not in CODES.values()))
+    if "ndim" in faults:
+        ndim = draw(st.sampled_from([0, ndim - 1, ndim + 1, 65, 255]))
+    if "dim" in faults:
+        dims[draw(st.integers(0, len(dims) - 1))] = draw(st.sampled_from([0, 2**31, 2**32 - 1]))
+    header = magic + bytes([code, ndim]) + np.array(dims, dtype=">u4").tobytes()
+    if "header" in faults:
+        header = header[:draw(st.integers(0, len(header) - 1))]
+    itemsize = {v: np.dtype(k).itemsize for k, v in CODES.items()}.get(code, 1)
+    size = int(np.prod(dims, dtype=np.float64)) * itemsize
+    delta = draw(st.sampled_from([-1, 1, -itemsize, 3])) if "payload" in faults else 0
+    length = max(0, size + delta) if size < 2**16 else 16  # (a huge declared size: a few bytes, refused)
+    content = header + bytes([draw(st.integers(0, 255))]) * length
+    name = "x"
+    if "gzip" in faults or draw(st.booleans()):
+        name, content = "x.gz", bytearray(gzip.compress(content))
+        if "gzip" in faults:
+            damage = draw(st.sampled_from(["flip", "truncate", "append"]))
+            if damage == "flip":
+                content[draw(st.integers(0, len(content) - 1))] ^= draw(st.integers(1, 255))
+            elif damage == "truncate":
+                del content[draw(st.integers(0, len(content) - 1)):]
+            else:
+                content += draw(st.binary(min_size=1, max_size=16))
+    return name, bytes(content), None if faults else tuple(dims)
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz-structured")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(file=structured_idx_files())
+def test_read_idx_structured_fuzz_only_user_errors(fuzz_dir: Path, file: tuple[str, bytes, tuple[int, ...] | None]) -> None:
+    """Thousands of near-valid files: a valid one is read with its declared shape, anything else
+    (including damage a reader cannot see, like a flipped gzip mtime byte) is read or refused with a
+    one-line UserError naming the file; no other exception escapes."""
+    name, content, shape = file
+    path = fuzz_dir / name
+    path.write_bytes(content)
+    try:
+        tensor = read_idx(path)
+    except UserError as e:
+        assert str(path) in str(e) and "\n" not in str(e)
+        assert shape is None, f"a valid {shape} file was refused: {e}"
+    else:
+        assert shape is None or tuple(tensor.shape) == shape

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import re
 import signal
 import subprocess
@@ -29,9 +30,11 @@ from fashionssl.errors import UserError
 from fashionssl.evaluate import accuracy, evaluate_checkpoint, extract_features, knn_predict
 from fashionssl.methods import build_model
 from fashionssl.methods.simclr import SimCLR
+from fashionssl.runlog import MetricsLog
 from fashionssl.train import pretrain
 
 from conftest import quick_config
+from test_checkpoint import assert_same
 
 SRC = Path(fashionssl.__file__).resolve().parents[1]
 
@@ -114,19 +117,23 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str, stder
         time.sleep(0.01)
 
 
-def test_resume_after_sigkill_gives_bitwise_the_uninterrupted_weights(tmp_path, small_data_dir):
+def test_resume_after_sigkill_at_a_random_step_gives_bitwise_the_uninterrupted_run(tmp_path, small_data_dir):
+    """SIGKILL at a random step (printed on failure), in any epoch, even the first (before any
+    checkpoint: --resume then replays the run from its config.json), then --resume: the final
+    weights, optimizer state and metric history are the uninterrupted run's, bit for bit."""
     cfg = quick_config(tmp_path / "interrupted", small_data_dir, encoder="cnn", epochs=3)
     steps_per_epoch = cfg.train_subset // cfg.batch_size
+    kill_after = random.randint(1, cfg.epochs * steps_per_epoch - 2)  # (not the last: the run could end first)
+    print(f"killed after step {kill_after} was logged")
     toml = tmp_path / "run.toml"
     toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in dataclasses.asdict(cfg).items()
                               if v is not None and not isinstance(v, dict)) + "\n")
     run_dir = Path(cfg.out)
     metrics = run_dir / "metrics.jsonl"
 
-    def mid_second_epoch() -> bool:
-        # A step line past epoch 1 means: epoch 1's checkpoint is saved and epoch 2 is under way.
+    def past_kill_step() -> bool:
         return metrics.exists() and any(
-            json.loads(line).get("step", 0) > steps_per_epoch
+            json.loads(line).get("step", 0) >= kill_after
             for line in metrics.read_text().splitlines() if line.strip().endswith("}"))
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
@@ -134,23 +141,24 @@ def test_resume_after_sigkill_gives_bitwise_the_uninterrupted_weights(tmp_path, 
         proc = subprocess.Popen([sys.executable, "-m", "fashionssl", "pretrain", "--config", str(toml)],
                                 stdout=out, stderr=err, env=env)
         try:
-            wait_for(mid_second_epoch, proc, 120, "the second epoch started", tmp_path / "stderr")
+            wait_for(past_kill_step, proc, 120, f"step {kill_after}", tmp_path / "stderr")
             proc.send_signal(signal.SIGKILL)
         finally:
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = load_checkpoint(run_dir)["epoch"]
-    assert 1 <= killed_at < cfg.epochs, "the run was not interrupted in the middle"
+    killed_at = load_checkpoint(run_dir)["epoch"] if (run_dir / "checkpoint.pt").exists() else 0
+    assert killed_at < cfg.epochs, "the run was not interrupted"
     saved_lines = metrics.read_text().splitlines(keepends=True)
-    completed = [line for line in saved_lines
-                 if line.strip() and json.loads(line)["step"] <= killed_at * steps_per_epoch]
+    completed = [line for line in saved_lines  # (the kill may have torn the last line)
+                 if line.strip().endswith("}") and json.loads(line)["step"] <= killed_at * steps_per_epoch]
 
     assert pretrain(resume=run_dir) == run_dir
     straight = pretrain(dataclasses.replace(cfg, out=str(tmp_path / "straight")))
 
-    resumed_state = load_checkpoint(run_dir)
+    resumed_state, straight_state = load_checkpoint(run_dir), load_checkpoint(straight)
     assert resumed_state["epoch"] == cfg.epochs
-    assert_states_equal(resumed_state["model"], model_state(straight))
+    assert_states_equal(resumed_state["model"], straight_state["model"])
+    assert_same(resumed_state["optimizer"], straight_state["optimizer"])
 
     # metrics.jsonl: the lines of the killed attempt past its checkpoint are gone, nothing doubled,
     # and the history is the uninterrupted run's (same steps, same losses).
@@ -163,6 +171,48 @@ def test_resume_after_sigkill_gives_bitwise_the_uninterrupted_weights(tmp_path, 
     assert steps == list(range(1, cfg.epochs * steps_per_epoch + 1))
     straight_losses = {line["step"]: line["loss"] for line in read_metrics(straight) if "loss" in line}
     assert {line["step"]: line["loss"] for line in lines if "loss" in line} == straight_losses
+
+
+@pytest.mark.parametrize("method, options", [("moco", {"queue_size": 500}), ("byol", {})])
+def test_resume_restores_ema_targets_and_queues_bitwise(tmp_path, small_data_dir, monkeypatch, method, options):
+    """A run with state beyond the weights (MoCo: key encoder, a queue that wraps, its pointer;
+    BYOL: target network, cosine momentum schedule) interrupted at a random step, then resumed,
+    ends bit for bit where an uninterrupted run ends: weights, buffers and optimizer state."""
+    cfg = quick_config(tmp_path / "interrupted", small_data_dir, encoder="cnn", epochs=2, knn_every=0,
+                       method=method, method_options=options)
+    stop_at = random.randrange(1, 8)  # 4 steps per epoch
+    print(f"interrupted after step {stop_at}")
+    cls = type(build_model(cfg))
+    original = cls.after_step
+
+    def after_step(self, step, total_steps):
+        original(self, step, total_steps)
+        if step + 1 == stop_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cls, "after_step", after_step)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(dataclasses.replace(cfg))
+    monkeypatch.undo()
+    pretrain(resume=cfg.out)
+    straight = pretrain(dataclasses.replace(cfg, out=str(tmp_path / "straight")))
+
+    resumed, expected = load_checkpoint(cfg.out), load_checkpoint(straight)
+    assert_states_equal(resumed["model"], expected["model"])
+    assert_same(resumed["optimizer"], expected["optimizer"])
+    buffers = {"moco": ["queue", "queue_ptr", "key_backbone.features.0.weight"], "byol": ["target_backbone.features.0.weight"]}
+    untrained = build_model(cfg).state_dict()
+    for name in [k for k in resumed["model"] if any(k.startswith(b) for b in buffers[method])]:
+        assert not torch.equal(resumed["model"][name], untrained[name]), f"{name} never changed: the test is blind"
+
+
+def test_metrics_log_drops_lines_past_the_checkpoint_and_a_torn_last_line(tmp_path):
+    lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"step": 4, "lo')  # killed mid-write
+    log = MetricsLog(tmp_path, resume_step=2)
+    log.log(3, loss=0.5)
+    log.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2]) + json.dumps({"step": 3, "loss": 0.5}) + "\n"
 
 
 # --- what a run leaves behind ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 from .errors import UserError
 
 FORMAT = "fashionssl-checkpoint-1"
+REQUIRED = ("config", "epoch", "model")  # what every reader of a checkpoint needs
 
 
 def first_line(error: BaseException) -> str:
@@ -76,4 +77,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot read checkpoint {path}: {first_line(e)} (truncated or not a checkpoint)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a fashionssl checkpoint (format {FORMAT!r} expected)")
+    missing = [key for key in REQUIRED if key not in state]
+    if missing:
+        raise UserError(f"{path} is an incomplete fashionssl checkpoint: it lacks {', '.join(missing)}")
     return state
+
+
+def load_into(target: torch.nn.Module | torch.optim.Optimizer, saved: Any, path: str | Path, what: str) -> None:
+    """`target.load_state_dict(saved)`, with a mismatch (another method, encoder or optimizer wrote
+    the checkpoint) reported as a UserError naming the checkpoint and what it should have held."""
+    try:
+        target.load_state_dict(saved)
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"checkpoint {path} does not hold the state of {what}: {first_line(e)}") from None

@@ -41,14 +41,28 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", help="run directory (default runs/<method>-<encoder>-<time>)")
 
 
-def config_from_args(args: argparse.Namespace):
+def training_flags(args: argparse.Namespace) -> dict:
+    """The config values given as flags (None: not given)."""
     flags = {k: getattr(args, k) for k in (
         "method", "encoder", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs", "augment",
         "precision", "channels_last", "compile", "device", "seed", "data_dir", "val_size", "train_subset",
         "knn_every", "out")}
     flags["method_options"] = dict(parse_option(o) for o in args.opt) or None
     flags["augment_options"] = dict(parse_option(o) for o in args.aug) or None
-    return make_config(args.config, **flags)
+    return flags
+
+
+def config_from_args(args: argparse.Namespace):
+    """A new run's config; with --resume, the saved one is used and options may not be given,
+    so that a resumed run is the run that was started (same method, encoder, schedule, seed)."""
+    if not args.resume:
+        return make_config(args.config, **training_flags(args))
+    given = [f"--{k.replace('_', '-')}" for k, v in training_flags(args).items() if v is not None]
+    given += ["--config"] * bool(args.config)
+    if given:
+        raise UserError(f"--resume {args.resume} continues that run with its saved config; "
+                        f"drop {', '.join(given)} (or start a new run with another --out)")
+    return None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -97,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             print(results_table(evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.out)))
             return 0
-        cfg = None if args.resume else config_from_args(args)
-        run_dir = pretrain(cfg, resume=args.resume)
+        run_dir = pretrain(config_from_args(args), resume=args.resume)
         print(f"run directory: {run_dir}")
         if args.command == "run":
             print(results_table(evaluate_checkpoint(run_dir)))
@@ -106,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"fashionssl: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fashionssl: interrupted; completed epochs are in the run's checkpoint.pt (continue with --resume RUN_DIR)",
-              file=sys.stderr)
+    except OSError as e:  # the machine, not the code: say a full disk or a vanished directory in one line too
+        print(f"fashionssl: error: I/O error on {e.filename or 'a run file'}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # train.py adds where the completed epochs are
+        print(f"fashionssl: error: {e or 'interrupted; files already written are intact'}", file=sys.stderr)
         return 130
 
 

@@ -132,6 +132,17 @@ def make_config(file: str | Path | None = None, **overrides: Any) -> Config:
     return validate(Config(**values), where)
 
 
+def config_from_dict(values: Any, where: str) -> Config:
+    """A validated Config from saved values (a checkpoint's or config.json's); keys this version
+    does not know are errors, as in a TOML file, rather than a TypeError deep inside."""
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: the saved config is a {type(values).__name__}, not a table of options")
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise UserError(f"{where}: unknown config key(s) {', '.join(unknown)} (written by another version of fashionssl?)")
+    return validate(Config(**values), where)
+
+
 def parse_option(text: str) -> tuple[str, Any]:
     """'key=value' from the command line, the value read as a TOML value when it parses as one
     (numbers, booleans, [lists]), else as a plain string."""

@@ -17,11 +17,10 @@ from torch import nn
 from pathlib import Path
 
 from .augment import AugmentConfig, make_config, normalize
-from .checkpoint import first_line, load_checkpoint, resolve_checkpoint
-from .config import Config
+from .checkpoint import load_checkpoint, load_into, resolve_checkpoint
+from .config import config_from_dict
 from .data import FashionMNIST, load_fashion_mnist
 from .device import autocast_dtype, resolve_device
-from .errors import UserError
 from .methods import build_model
 from .runlog import write_json
 
@@ -158,22 +157,18 @@ def evaluate_backbone(backbone: nn.Module, data: FashionMNIST, aug: AugmentConfi
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | None = None, device: str | None = None,
                         out: str | Path | None = None) -> dict:
     """Evaluate a pretraining checkpoint's backbone; writes results.json beside it (or to `out`)."""
-    state = load_checkpoint(checkpoint)
-    cfg = Config(**state["config"])
+    state, path = load_checkpoint(checkpoint), resolve_checkpoint(checkpoint)
+    cfg = config_from_dict(state["config"], f"{path} config")
     model = build_model(cfg)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {checkpoint} does not match method {cfg.method!r} with encoder "
-                        f"{cfg.encoder!r}: {first_line(e)}") from None
+    load_into(model, state["model"], path, f"method {cfg.method!r} with encoder {cfg.encoder!r}")
     dev = resolve_device(device or cfg.device)
     data = load_fashion_mnist(data_dir or cfg.data_dir, cfg.val_size)
     aug = make_config(cfg.augment, **cfg.augment_options)
     results = {"method": cfg.method, "encoder": cfg.encoder, "uses_labels": model.uses_labels,
-               "epochs": state["epoch"], "checkpoint": str(resolve_checkpoint(checkpoint))}
+               "epochs": state["epoch"], "checkpoint": str(path)}
     results.update(evaluate_backbone(model.backbone.to(dev), data, aug, dev, cfg.eval_batch_size,
                                      autocast_dtype(cfg.precision, dev)))
-    write_json(Path(out) if out else resolve_checkpoint(checkpoint).parent / "results.json", results)
+    write_json(Path(out) if out else path.parent / "results.json", results)
     return results
 
 

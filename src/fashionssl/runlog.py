@@ -1,6 +1,7 @@
 """What a run directory records: config, versions, metrics (JSON lines and TensorBoard), results."""
 
 import json
+import math
 import platform
 import sys
 from pathlib import Path
@@ -27,18 +28,27 @@ def versions(device: torch.device) -> dict[str, str]:
     return info
 
 
+def line_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinite for a torn line, which no checkpoint covers."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf
+
+
 class MetricsLog:
     """Appends scalars to `metrics.jsonl` and, when TensorBoard is installed, to `tb/`.
 
     On resume, lines past the checkpoint's step are dropped first: they describe steps that will be
-    trained again, and keeping them would leave two histories in one file.
+    trained again, and keeping them would leave two histories in one file. So is a last line torn
+    by a crash in the middle of writing it.
     """
 
     def __init__(self, run_dir: Path, resume_step: int | None = None):
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines(keepends=True)
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                    if line.strip() and line_step(line) <= resume_step]
             atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
         self.file = self.path.open("a")
         try:

@@ -7,6 +7,7 @@ run was interrupted before it, and resuming from an epoch checkpoint needs no RN
 """
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -16,8 +17,8 @@ import torch
 from tqdm import tqdm
 
 from . import augment
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from .config import Config, validate
+from .checkpoint import load_checkpoint, load_into, resolve_checkpoint, save_checkpoint
+from .config import Config, config_from_dict
 from .data import FashionMNIST, load_fashion_mnist
 from .device import autocast_dtype, resolve_device
 from .errors import UserError
@@ -39,6 +40,20 @@ def new_run_dir(cfg: Config) -> Path:
     if (run_dir / "checkpoint.pt").exists():
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     return run_dir
+
+
+def resume_point(resume: str | Path) -> tuple[dict | None, Config, Path]:
+    """(checkpoint state or None, config, checkpoint path) to continue from. A run killed before its
+    first checkpoint has only config.json: it starts again from that config, which replays it exactly."""
+    run, config_file = Path(resume), Path(resume) / "config.json"
+    if run.is_dir() and not (run / "checkpoint.pt").exists() and config_file.is_file():
+        try:
+            saved = json.loads(config_file.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {config_file}: {e}") from None
+        return None, config_from_dict(saved, str(config_file)), run / "checkpoint.pt"
+    state, checkpoint = load_checkpoint(resume), resolve_checkpoint(resume)
+    return state, config_from_dict(state["config"], f"{checkpoint} config"), checkpoint
 
 
 def last_good(run_dir: Path, epoch: int) -> str:
@@ -72,9 +87,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     """
     state = None
     if resume is not None:
-        state = load_checkpoint(resume)
-        cfg = validate(Config(**state["config"]), "checkpoint config")
-        run_dir = resolve_checkpoint(resume).parent
+        state, cfg, checkpoint = resume_point(resume)
+        run_dir = checkpoint.parent
     else:
         cfg = cfg or Config()
         run_dir = new_run_dir(cfg)
@@ -99,8 +113,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay)
     start_epoch = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_into(model, state["model"], checkpoint, f"method {cfg.method!r} with encoder {cfg.encoder!r}")
+        load_into(optimizer, state.get("optimizer"), checkpoint, f"optimizer {cfg.optimizer!r} for this model")
         start_epoch = state["epoch"]
     else:
         try:
@@ -112,9 +126,11 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     forward = torch.compile(model) if cfg.compile else model
 
     images, labels = data.train.images.to(device), data.train.labels.to(device)
-    log = MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch if state else None)
+    # Lines past the last checkpoint (left by a killed attempt) are dropped: those steps run again.
+    log = MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch)
     bar = tqdm(total=(cfg.epochs - start_epoch) * steps_per_epoch * batch, unit="img", unit_scale=True,
                dynamic_ncols=True, mininterval=1.0, disable=None)
+    saved_epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
@@ -168,10 +184,13 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
                 "config": dataclasses.asdict(cfg), "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             })
+            saved_epoch = epoch + 1
             log.log((epoch + 1) * steps_per_epoch, **summary)
             bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
             for warning in model.epoch_warnings(summary):
                 bar.write(f"warning: {warning}")
+    except KeyboardInterrupt:  # Ctrl-C: say where the completed epochs are
+        raise KeyboardInterrupt(f"interrupted in epoch {saved_epoch + 1}. {last_good(run_dir, saved_epoch)}") from None
     finally:
         bar.close()
         log.close()
