@@ -72,11 +72,14 @@ class CLIP(Method):
         self.register_buffer("caption_seed", torch.randint(0, 2**62, ()))  # from the seeded global RNG
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # optimizer steps taken
 
-    def forward(self, views, labels):
+    def sample_captions(self, labels: torch.Tensor) -> torch.Tensor:
+        """This step's captions (B, L) for `labels`: a function of (caption_seed, step, rank, labels) only."""
         seed = np.random.SeedSequence([self.caption_seed.item(), self.step.item(), rank()]).generate_state(1, np.uint64)
-        tokens = self.captions(labels, torch.Generator(labels.device).manual_seed(int(seed[0] >> 1)))
+        return self.captions(labels, torch.Generator(labels.device).manual_seed(int(seed[0] >> 1)))
+
+    def forward(self, views, labels):
         image = self.image_projector(self.backbone(views[0]))  # (N, embed_dim)
-        text = self.text_encoder(tokens)  # (N, embed_dim)
+        text = self.text_encoder(self.sample_captions(labels))  # (N, embed_dim)
         scale = self.logit_scale.exp()
         return clip_loss(image, text, scale), {"logit_scale": scale.detach()}
 
