@@ -8,7 +8,7 @@ Wu et al. (2018). The test split is used once, for the reported numbers.
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -133,8 +133,10 @@ def evaluate_features(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch
 
 
 def evaluate_backbone(backbone: nn.Module, data: FashionMNIST, aug: AugmentConfig, device: torch.device,
-                      batch_size: int = 1024, autocast_dtype: torch.dtype | None = None) -> dict:
-    """Extract features of every split once, then probe and kNN; returns results with timings."""
+                      batch_size: int = 1024, autocast_dtype: torch.dtype | None = None,
+                      extra_evaluation: Callable[[dict], dict] | None = None) -> dict:
+    """Extract features of every split once, then probe and kNN (and `extra_evaluation` of the
+    features by split name, see Method.extra_evaluation); returns results with timings."""
     start = time.perf_counter()
     splits = [
         (extract_features(backbone, s.images, aug, device, batch_size, autocast_dtype), s.labels.to(device))
@@ -142,6 +144,8 @@ def evaluate_backbone(backbone: nn.Module, data: FashionMNIST, aug: AugmentConfi
     ]
     extracted = time.perf_counter()
     results = evaluate_features(*splits)
+    if extra_evaluation is not None:
+        results.update(extra_evaluation(dict(zip(("train", "val", "test"), splits))))
     results.update(
         protocol="frozen backbone features; linear probe: L-BFGS logistic regression on standardised "
                  "features, weight decay chosen on validation, refit on train+val; kNN: cosine, k=200, T=0.1, "
@@ -166,8 +170,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | None = None, dev
     aug = make_config(cfg.augment, **cfg.augment_options)
     results = {"method": cfg.method, "encoder": cfg.encoder, "uses_labels": model.uses_labels,
                "epochs": state["epoch"], "checkpoint": str(path)}
-    results.update(evaluate_backbone(model.backbone.to(dev), data, aug, dev, cfg.eval_batch_size,
-                                     autocast_dtype(cfg.precision, dev)))
+    if model.uses_labels:
+        results["label_use"] = model.label_use
+    model.to(dev)
+    results.update(evaluate_backbone(model.backbone, data, aug, dev, cfg.eval_batch_size,
+                                     autocast_dtype(cfg.precision, dev), model.extra_evaluation))
     write_json(Path(out) if out else path.parent / "results.json", results)
     return results
 
@@ -176,11 +183,13 @@ def results_table(results: dict) -> str:
     """A small Markdown table of the headline numbers."""
     rows = [("linear probe, test", f"{100 * results['linear_probe_test_acc']:.2f}%"),
             (f"  (weight decay {results['linear_probe_weight_decay']:g}, val)", f"{100 * results['linear_probe_val_acc']:.2f}%"),
-            ("kNN (k=200, cosine), test", f"{100 * results['knn_test_acc']:.2f}%"),
-            ("evaluation time", f"{results['eval_seconds']:.1f} s")]
+            ("kNN (k=200, cosine), test", f"{100 * results['knn_test_acc']:.2f}%")]
+    if "zero_shot_test_acc" in results:
+        rows.append(("zero-shot (class prompts), test", f"{100 * results['zero_shot_test_acc']:.2f}%"))
+    rows.append(("evaluation time", f"{results['eval_seconds']:.1f} s"))
     title = f"{results.get('method', '?')} / {results.get('encoder', '?')}"
     if results.get("uses_labels"):
-        title += " (uses labels)"
+        title += f" ({results.get('label_use', 'uses labels')})"
     width = max(len(r[0]) for r in rows)
     lines = [f"| {title:<{width}} | accuracy |", f"|{'-' * (width + 2)}|----------|"]
     lines += [f"| {name:<{width}} | {value:>8} |" for name, value in rows]

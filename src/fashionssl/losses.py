@@ -3,6 +3,8 @@
 import torch
 import torch.nn.functional as F
 
+from .distributed import gather_with_grad, rank
+
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
     """SimCLR's normalised-temperature cross entropy over the 2N views of a batch.
@@ -62,3 +64,26 @@ def negative_cosine(prediction: torch.Tensor, target: torch.Tensor) -> torch.Ten
     under DDP.
     """
     return -F.cosine_similarity(prediction.float(), target.float(), dim=1).mean()
+
+
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE: each image is classified against every text of the batch (its own
+    caption is the positive) and each text against every image, the two cross entropies averaged.
+
+    "we instead explore training a system to solve the potentially easier proxy task of predicting
+    only which text as a whole is paired with which image [...] optimize a symmetric cross entropy
+    loss over these similarity scores" (Radford et al., 2021). image_emb, text_emb: (N, D), row i of
+    each from the same pair; both are L2-normalised here. logit_scale multiplies the cosine
+    similarities (1 / temperature; CLIP learns its logarithm and caps it at 100).
+
+    Distributed: this rank's N images are contrasted with the texts of every rank and its texts with
+    every rank's images (gathered with gradients), as open_clip's local loss does; with DDP averaging
+    the ranks' gradients this is the gradient of the global-batch loss. In one process it is the
+    plain N x N loss.
+    """
+    image = F.normalize(image_emb.float(), dim=1)
+    text = F.normalize(text_emb.float(), dim=1)
+    targets = torch.arange(len(image), device=image.device) + rank() * len(image)  # own pairs' global rows
+    image_to_text = logit_scale * image @ gather_with_grad(text).T  # (N, world * N)
+    text_to_image = logit_scale * text @ gather_with_grad(image).T
+    return (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets)) / 2

@@ -8,6 +8,7 @@ from ..encoders import build_encoder
 from ..errors import UserError
 from .base import Method
 from .byol import BYOL
+from .clip import CLIP
 from .moco import MoCo
 from .rotation import Rotation
 from .simclr import SimCLR
@@ -21,6 +22,7 @@ METHODS: dict[str, type[Method]] = {
     "simsiam": SimSiam,
     "rotation": Rotation,
     "supervised": Supervised,
+    "clip": CLIP,
 }
 
 

@@ -21,7 +21,8 @@ class Method(nn.Module):
     """Base class: subclasses set `backbone` (what evaluation keeps) and implement `forward`."""
 
     num_views: int = 2       # augmented views of each image the loop passes to forward
-    uses_labels: bool = False  # True only for the supervised reference; tables mark it
+    uses_labels: bool = False  # True when training sees the labels (supervised, clip); tables mark it
+    label_use: str = "uses labels"  # how, in the words a table title shows
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
@@ -40,6 +41,13 @@ class Method(nn.Module):
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after each optimizer step: EMA updates, queues, centres. Default: nothing."""
+
+    @torch.no_grad()
+    def extra_evaluation(self, features: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        """Results beyond the probe and kNN that only this method can produce (e.g. CLIP's zero-shot
+        accuracy), given the frozen backbone's features and labels of each split ("train", "val",
+        "test"; features as evaluation extracted them, on the model's device). Default: none."""
+        return {}
 
 
 # Helpers that several methods share.
