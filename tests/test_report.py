@@ -19,7 +19,8 @@ from fashionssl.augment import PRESETS
 from fashionssl.cli import main
 from fashionssl.config import Config
 from fashionssl.encoders import ConvNet
-from fashionssl.evaluate import confusion_matrix, evaluate_checkpoint, extract_features
+from fashionssl import report as report_module
+from fashionssl.evaluate import confusion_matrix, extract_features
 from fashionssl.export import load_trained
 from fashionssl.report import (Page, Run, attention_figure, nearest_neighbours, pick_per_class, summary,
                                write_report)
@@ -80,21 +81,24 @@ def fake_cls_attention(self, x):
 
 @pytest.fixture(scope="module")
 def report(trained_run, tmp_path_factory):
-    """A report of two runs: the trained run (evaluated, so with a confusion matrix) and a copy whose
-    results.json lacks the confusion matrix but has a zero-shot number; both backbones are given
-    a cls_attention so that the attention section is drawn."""
+    """A report of two copies of the trained run, both named like it (the report must tell them
+    apart): the first with results holding a confusion matrix, the second with results that lack it
+    but have a zero-shot number. Both backbones get a cls_attention, so the attention section is
+    drawn, and the t-SNE map takes 300 points to keep the test short."""
     _, run_dir = trained_run
-    if not (run_dir / "results.json").exists():
-        evaluate_checkpoint(run_dir)
-    copy = tmp_path_factory.mktemp("copy") / run_dir.name  # same name: the report must tell them apart
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("report", "export"))
-    results = json.loads((copy / "results.json").read_text())
-    del results["linear_probe_confusion"]
-    (copy / "results.json").write_text(json.dumps({**results, "zero_shot_test_acc": 0.5}))
+    copies = [tmp_path_factory.mktemp(f"copy{i}") / run_dir.name for i in range(2)]
+    for copy in copies:
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("results.json", "report", "export"))
+    confusion = (torch.eye(10, dtype=torch.long) * 90 + 1).tolist()
+    (copies[0] / "results.json").write_text(json.dumps(
+        {"linear_probe_test_acc": 0.91, "knn_test_acc": 0.88, "linear_probe_confusion": confusion}))
+    (copies[1] / "results.json").write_text(json.dumps(
+        {"linear_probe_test_acc": 0.8, "knn_test_acc": 0.7, "zero_shot_test_acc": 0.5}))
     out = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ConvNet, "cls_attention", fake_cls_attention, raising=False)
-        html = write_report([run_dir, copy], out)
+        mp.setattr(report_module, "TSNE_POINTS", 300)
+        html = write_report(copies, out)
     return html, run_dir.name
 
 
@@ -112,7 +116,8 @@ def test_report_writes_every_figure_and_embeds_each(report):
         assert f'data-file="{png}"' in text
     assert text.count('src="data:image/png;base64,') == len(expected)
     assert f"{name}-2-confusion.png" not in text and "has no linear_probe_confusion" in text
-    assert "<th>zero-shot (test)</th>" in text and "50.00%" in text
+    assert "<th>zero-shot (test)</th>" in text and "91.00%" in text and "50.00%" in text
+    assert "of 300 random test images" in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")

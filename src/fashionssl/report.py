@@ -382,7 +382,8 @@ def run_section(page: Page, run: Run, data: FashionMNIST, device: torch.device, 
             attention = backbone.cls_attention(augment.normalize(images.to(device), aug)).cpu()
         page.heading("CLS attention", 3)
         page.figure(attention_figure(images, attention), f"{run.name}-attention.png",
-                    "attention of the CLS token to the image patches in the last block")
+                    "the CLS token's attention over the patch grid (the encoder's cls_attention), "
+                    "averaged over heads and per head")
     bar.update()
 
 
