@@ -1,12 +1,12 @@
 # Two entry points, each doing all set-up on a fresh machine:
-#   make run   -- .venv + pinned dependencies + Fashion-MNIST, then the main job (`fashionssl run`)
+#   make run   -- .venv + pinned dependencies + Fashion-MNIST (+ Chromium for the report tests), then the main job (`fashionssl run`)
 #   make test  -- the same set-up, then the test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup data bench clean
+.PHONY: run test setup system-packages bench clean
 
 run: setup
 	$(BIN)/fashionssl run
@@ -14,7 +14,7 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-setup: $(STAMP) data
+setup: $(STAMP) system-packages
 
 # torch first and pinned: pip then takes the CPU wheel that lies on this machine's disk,
 # not a multi-GB CUDA build pulled in by a looser requirement.
@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-data:
-	@scripts/ensure-data.sh
+system-packages:
+	@scripts/ensure-system-packages.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

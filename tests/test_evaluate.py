@@ -228,7 +228,7 @@ def imbalanced_probe_data():
 
 
 KEYS = {"linear_probe_test_acc", "linear_probe_val_acc", "linear_probe_weight_decay",
-        "linear_probe_val_acc_by_weight_decay"}
+        "linear_probe_val_acc_by_weight_decay", "linear_probe_confusion"}
 
 
 def test_linear_probe_picks_the_weight_decay_with_best_val_accuracy():
@@ -239,6 +239,8 @@ def test_linear_probe_picks_the_weight_decay_with_best_val_accuracy():
     assert results["linear_probe_weight_decay"] == 1e-3
     assert results["linear_probe_val_acc"] == 1.0
     assert results["linear_probe_test_acc"] == 1.0
+    # 10 test images of each of classes 0 and 1, all right; rows of the 8 absent classes are empty
+    assert results["linear_probe_confusion"] == [[10, 0] + [0] * 8, [0, 10] + [0] * 8] + [[0] * 10] * 8
 
 
 def test_linear_probe_best_is_argmax_and_ties_go_to_stronger_regularisation():
@@ -275,7 +277,8 @@ def test_linear_probe_selection_with_a_scripted_fit(monkeypatch):
     assert results["linear_probe_weight_decay"] == 1e-4
     assert results["linear_probe_val_acc"] == 1.0
     assert results["linear_probe_test_acc"] == 1.0
-    assert seen == [1e-2, 1e-4, 1e-6, 1e-4]  # strong to weak, then the refit with the chosen one
+    assert seen == [1e-2, 1e-4, 1e-6, 1e-4]
+    assert results["linear_probe_confusion"][0][:2] == [10, 0] and results["linear_probe_confusion"][1][:2] == [0, 10]  # strong to weak, then the refit with the chosen one
 
 
 # ---------------------------------------------------------------- feature extraction

@@ -91,7 +91,34 @@ def parser() -> argparse.ArgumentParser:
                        ("--train-subset", int)):
         bench.add_argument(flag, type=kind)
     bench.add_argument("--out", default="runs/bench", help="bench directory, one run directory per method (default runs/bench)")
+    rep = sub.add_parser("report", help="an offline HTML report of what one or more runs learned (and a comparison)")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", metavar="DIR", help="report folder (default: RUN_DIR/report, runs/report-<time> for several runs)")
+    prev = sub.add_parser("augment-preview", help="a PNG grid of augmented views, to check a recipe before training")
+    prev.add_argument("--config", metavar="FILE.toml", help="take augment and [augment_options] from a TOML config")
+    prev.add_argument("--augment", help=f"augmentation preset: {', '.join(PRESETS)}")
+    prev.add_argument("--aug", action="append", default=[], metavar="KEY=VALUE", help="override one augmentation field (repeatable)")
+    prev.add_argument("--out", default="augment-preview.png", metavar="FILE.png", help="(default augment-preview.png)")
+    prev.add_argument("--images", type=int, default=6, metavar="N", help="images, one class each (default 6)")
+    prev.add_argument("--views", type=int, default=8, metavar="V", help="random views of each (default 8)")
+    prev.add_argument("--seed", type=int, default=0)
+    exp = sub.add_parser("export", help="backbone weights as safetensors and train/val/test embeddings as .npy")
+    exp.add_argument("checkpoint", metavar="RUN_DIR", help="run directory or checkpoint file")
+    exp.add_argument("--out", metavar="DIR", help="export folder (default: RUN_DIR/export)")
+    for p_ in (rep, prev, exp):
+        p_.add_argument("--data-dir")
+    for p_ in (rep, exp):
+        p_.add_argument("--device")
     return p
+
+
+def augment_preview(args: argparse.Namespace) -> str:
+    from .augment import make_config as make_augment_config
+    from .report import preview_augmentations
+
+    cfg = make_config(args.config, augment=args.augment, augment_options=dict(parse_option(o) for o in args.aug) or None)
+    aug = make_augment_config(cfg.augment, **cfg.augment_options)
+    return str(preview_augmentations(aug, args.out, args.images, args.views, args.seed, args.data_dir or cfg.data_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "evaluate":
             print(results_table(evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.out)))
+            return 0
+        if args.command == "report":
+            from .report import write_report
+            print(f"report: {write_report(args.run_dirs, args.out, args.data_dir, args.device)}")
+            return 0
+        if args.command == "augment-preview":
+            print(f"augmentation preview: {augment_preview(args)}")
+            return 0
+        if args.command == "export":
+            from .export import export_run
+            print(f"exported to {export_run(args.checkpoint, args.out, args.data_dir, args.device)}")
             return 0
         run_dir = pretrain(config_from_args(args), resume=args.resume)
         print(f"run directory: {run_dir}")

@@ -66,6 +66,12 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return (predictions == labels).float().mean().item()
 
 
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int = NUM_CLASSES) -> list[list[int]]:
+    """Counts of (true class, predicted class) pairs: row = true label, column = prediction."""
+    pairs = (labels * num_classes + predictions).cpu()
+    return torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes).tolist()
+
+
 def fit_linear_classifier(x: torch.Tensor, y: torch.Tensor, weight_decay: float, num_classes: int = NUM_CLASSES,
                           max_iter: int = 50, init: nn.Linear | None = None) -> nn.Linear:
     """Multinomial logistic regression, cross entropy + weight_decay/2 * ||W||^2, by full-batch L-BFGS.
@@ -115,11 +121,13 @@ def linear_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tens
     best = max(weight_decays, key=lambda wd: (val_accuracy[wd], wd))  # ties: the stronger regulariser
     x_fit, x_test = standardize(torch.cat([train[0], val[0]]), test[0])
     classifier = fit_linear_classifier(x_fit, torch.cat([train[1], val[1]]), best, init=solutions[best])
+    predictions = classifier(x_test).argmax(1)
     return {
-        "linear_probe_test_acc": accuracy(classifier(x_test).argmax(1), test[1]),
+        "linear_probe_test_acc": accuracy(predictions, test[1]),
         "linear_probe_val_acc": val_accuracy[best],
         "linear_probe_weight_decay": best,
         "linear_probe_val_acc_by_weight_decay": {str(wd): acc for wd, acc in val_accuracy.items()},
+        "linear_probe_confusion": confusion_matrix(predictions, test[1]),
     }
 
 

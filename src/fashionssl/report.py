@@ -1,0 +1,448 @@
+"""What an encoder learned, as one offline HTML page: training curves, an embedding map, nearest
+neighbours, the augmented views it was asked to match, the probe's confusion matrix and, for
+encoders that have them, CLS attention maps. Several runs get a comparison table and overlaid curves.
+
+Every figure is written as a PNG and embedded in `report.html` as a base64 data URI, so the page
+opens offline and can be mailed as one file. Figures use matplotlib's object API (`Figure`, drawn
+by the Agg canvas), which needs no display and leaves pyplot's global state alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from . import augment
+from .config import Config
+from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
+from .device import autocast_dtype, resolve_device
+from .errors import UserError
+from .evaluate import extract_features
+from .export import load_trained
+from .methods import Method
+
+# Test images on the embedding map, and t-SNE iterations: measured 48 CPU-seconds for 2,500 points
+# and 1,000 iterations, 25 for 2,000 points and 500 iterations (250 of them early exaggeration):
+# about 13 s on 2 cores, with the same clusters.
+TSNE_POINTS = 2000
+TSNE_ITERATIONS = 500
+PCA_DIM = 50
+QUERIES = 6  # retrieval queries and attention-map images, one class each
+NEIGHBOURS = 8
+# Retrieval searches the first 10,000 training images (the kNN monitor's bank): features of all
+# 55,000 cost about 35 CPU-seconds with cnn-bn, five times the rest of a run's section.
+RETRIEVAL_BANK = 10_000
+AUG_IMAGES, AUG_VIEWS = 6, 8
+# Stages of one run, for the progress bar; t-SNE is one opaque call, so the bar moves per stage.
+RUN_STAGES = ("load checkpoint and data", "features", "t-SNE", "retrieval", "augmentations", "attention")
+
+
+@dataclass
+class Run:
+    """A run directory with what the report reads from it."""
+
+    name: str
+    path: Path
+    config: Config
+    model: Method
+    epochs: int
+    metrics: list[dict]
+    results: dict | None
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"no metrics.jsonl in {run_dir}: pass run directories written by `fashionssl pretrain`")
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: line {e.lineno} is not JSON ({e.msg}); the file is damaged") from None
+
+
+def load_run(run_dir: str | Path, name: str) -> Run:
+    run_dir = Path(run_dir)
+    cfg, model, epochs = load_trained(run_dir)
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    return Run(name, run_dir, cfg, model, epochs, read_metrics(run_dir), results)
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Run directory names, with -2, -3, ... added where two runs share one (they prefix file names)."""
+    names: list[str] = []
+    for path in paths:
+        name = path.resolve().name or "run"
+        candidate, i = name, 1
+        while candidate in names:
+            i += 1
+            candidate = f"{name}-{i}"
+        names.append(candidate)
+    return names
+
+
+# Pure computations.
+
+def pick_per_class(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of n images: a random image of each class in turn (a class repeats only when n > classes)."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    by_class = [order[labels[order] == c] for c in labels.unique()]
+    picked = [int(members[r]) for r in range(n) for members in by_class if r < len(members)]
+    return torch.tensor(picked[:n], dtype=torch.long)
+
+
+def nearest_neighbours(bank: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarity, index) of each query's k most cosine-similar bank rows, both (Q, k), best first."""
+    return (F.normalize(queries.float(), dim=1) @ F.normalize(bank.float(), dim=1).T).topk(k, dim=1)
+
+
+def embedding_map(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N, D) features -> (N, 2) t-SNE map, after PCA to 50 dimensions (the usual de-noising step,
+    which also makes t-SNE's neighbour search cheap)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    reduced = PCA(min(PCA_DIM, *features.shape), random_state=seed).fit_transform(features)
+    perplexity = min(30.0, (len(features) - 1) / 3)
+    return TSNE(2, perplexity=perplexity, max_iter=TSNE_ITERATIONS, init="pca", random_state=seed).fit_transform(reduced)
+
+
+# Figures: each returns a matplotlib Figure.
+
+def _show(ax, image: np.ndarray, title: str | None = None, color: str = "black") -> None:
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7, color=color)
+
+
+def _epoch_axis(metrics: list[dict]) -> float:
+    """Steps per epoch of a run, read from its epoch lines, so that runs of different batch sizes
+    share an x-axis in epochs."""
+    epoch_lines = [m for m in metrics if "epoch" in m]
+    return epoch_lines[0]["step"] / epoch_lines[0]["epoch"] if epoch_lines else 1.0
+
+
+def curves_figure(runs: list[tuple[str, list[dict]]]) -> Figure:
+    """Loss (per logged step, with epoch means as dots) and learning rate against epochs, one colour per run."""
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    loss_ax, lr_ax = fig.subplots(1, 2)
+    for i, (name, metrics) in enumerate(runs):
+        per_epoch = _epoch_axis(metrics)
+        steps = [m for m in metrics if "loss" in m]
+        epochs = [m for m in metrics if "epoch_loss" in m]
+        color = f"C{i}"
+        loss_ax.plot([m["step"] / per_epoch for m in steps], [m["loss"] for m in steps], color=color, alpha=0.5, lw=1)
+        loss_ax.plot([m["epoch"] - 0.5 for m in epochs], [m["epoch_loss"] for m in epochs], "o", color=color, ms=4, label=name)
+        lr_ax.plot([m["step"] / per_epoch for m in steps], [m["lr"] for m in steps], color=color, label=name)
+    loss_ax.set(title="training loss (line: logged steps, dots: epoch means at mid-epoch)", xlabel="epoch", ylabel="loss")
+    lr_ax.set(title="learning rate", xlabel="epoch", ylabel="lr")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    for ax in (loss_ax, lr_ax):
+        ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8)
+    return fig
+
+
+def knn_figure(runs: list[tuple[str, list[dict]]]) -> Figure:
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, metrics) in enumerate(runs):
+        points = [(m["epoch"], 100 * m["knn_val_acc"]) for m in metrics if "knn_val_acc" in m]
+        if points:
+            ax.plot(*zip(*points), "o-", color=f"C{i}", label=name, ms=4)
+    ax.set(title="kNN monitor (validation split)", xlabel="epoch", ylabel="accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def embedding_figure(points: np.ndarray, labels: np.ndarray) -> Figure:
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    ax = fig.subplots()
+    for cls, name in enumerate(CLASS_NAMES):
+        keep = labels == cls
+        ax.scatter(points[keep, 0], points[keep, 1], s=4, color=f"C{cls}", label=name)
+    ax.set(title=f"t-SNE of {len(points)} test images' backbone features", xticks=[], yticks=[])
+    ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    return fig
+
+
+def retrieval_figure(queries: torch.Tensor, query_labels: torch.Tensor, neighbours: torch.Tensor,
+                     neighbour_labels: torch.Tensor, similarity: torch.Tensor) -> Figure:
+    """Rows: a test query, then its nearest training images (title green when the class matches)."""
+    rows, k = neighbours.shape[:2]
+    fig = Figure(figsize=(1.1 * (k + 1), 1.25 * rows), layout="constrained")
+    axes = fig.subplots(rows, k + 1, squeeze=False)
+    for r in range(rows):
+        true = int(query_labels[r])
+        _show(axes[r, 0], queries[r].numpy() / 255, f"query: {CLASS_NAMES[true]}")
+        for c in range(k):
+            label = int(neighbour_labels[r, c])
+            _show(axes[r, c + 1], neighbours[r, c].numpy() / 255, f"{CLASS_NAMES[label]} {similarity[r, c]:.2f}",
+                  "green" if label == true else "red")
+    return fig
+
+
+def augmentation_figure(images: torch.Tensor, aug: augment.AugmentConfig, views: int, seed: int = 0) -> Figure:
+    """Rows: an original image, then `views` random views of it under `aug`, as training draws them
+    (un-normalised back to [0, 1] for display)."""
+    generator = torch.Generator().manual_seed(seed)
+    drawn = torch.stack(augment.views(images, aug, generator, views), dim=1)  # (N, views, 1, size, size)
+    drawn = (drawn * aug.std + aug.mean).clamp(0, 1)
+    fig = Figure(figsize=(1.1 * (views + 1), 1.2 * len(images)), layout="constrained")
+    axes = fig.subplots(len(images), views + 1, squeeze=False)
+    for r in range(len(images)):
+        _show(axes[r, 0], images[r].numpy() / 255, "original" if r == 0 else None)
+        for c in range(views):
+            _show(axes[r, c + 1], drawn[r, c, 0].numpy(), f"view {c + 1}" if r == 0 else None)
+    return fig
+
+
+def confusion_figure(counts: list[list[int]]) -> Figure:
+    """Counts as numbers, colour by the fraction of the true class (rows sum to 1)."""
+    counts_np = np.asarray(counts)
+    fractions = counts_np / np.maximum(counts_np.sum(1, keepdims=True), 1)
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    for (r, c), n in np.ndenumerate(counts_np):
+        ax.text(c, r, str(n), ha="center", va="center", fontsize=7, color="white" if fractions[r, c] > 0.5 else "black")
+    ticks = range(len(counts_np))
+    ax.set_xticks(ticks, CLASS_NAMES[:len(counts_np)], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, CLASS_NAMES[:len(counts_np)], fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title="linear probe on the test set (counts)")
+    return fig
+
+
+def attention_figure(images: torch.Tensor, attention: torch.Tensor) -> Figure:
+    """Rows: an image, its CLS attention averaged over heads, then each head's, upsampled to the image."""
+    rows, heads = attention.shape[:2]
+    size = images.shape[-1]
+    maps = F.interpolate(torch.cat([attention.mean(1, keepdim=True), attention], 1).float(), size=(size, size),
+                         mode="nearest")
+    fig = Figure(figsize=(1.2 * (heads + 2), 1.25 * rows), layout="constrained")
+    axes = fig.subplots(rows, heads + 2, squeeze=False)
+    for r in range(rows):
+        _show(axes[r, 0], images[r].numpy() / 255, "image" if r == 0 else None)
+        for c in range(heads + 1):
+            ax = axes[r, c + 1]
+            ax.imshow(images[r].numpy() / 255, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(maps[r, c].numpy(), cmap="inferno", alpha=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("mean of heads" if c == 0 else f"head {c}", fontsize=7)
+    return fig
+
+
+# The page.
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }} figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
+figcaption, .note {{ color: #555; font-size: 0.9em; }}
+</style></head>
+<body>
+<h1>{title}</h1>
+{body}
+<script>
+// Marks the page once every figure has decoded, for tests and for a quick look in the DOM.
+window.addEventListener("load", () => {{
+  const images = Array.from(document.images);
+  const decoded = images.filter(img => img.complete && img.naturalWidth > 0).length;
+  document.body.dataset.figures = decoded === images.length ? `decoded ${{decoded}}` : `broken ${{images.length - decoded}}`;
+}});
+</script>
+</body></html>
+"""
+
+
+class Page:
+    """Collects the report's HTML; figures are saved as PNG files in `out` and embedded."""
+
+    def __init__(self, out: Path):
+        self.out, self.parts, self.files = out, [], []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def note(self, text: str) -> None:
+        self.parts.append(f'<p class="note">{html.escape(text)}</p>')
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        cells = lambda tag, row: "".join(f"<{tag}>{html.escape(str(x))}</{tag}>" for x in row)  # noqa: E731
+        body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+        self.parts.append(f"<table><tr>{cells('th', header)}</tr>{body}</table>")
+
+    def figure(self, fig: Figure, name: str, caption: str) -> None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        (self.out / name).write_bytes(buffer.getvalue())
+        self.files.append(name)
+        data = base64.b64encode(buffer.getvalue()).decode()
+        self.parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}" '
+                          f'data-file="{html.escape(name)}"><figcaption>{html.escape(caption)} '
+                          f'(<a href="{html.escape(name)}">{html.escape(name)}</a>)</figcaption></figure>')
+
+    def write(self, title: str) -> Path:
+        path = self.out / "report.html"
+        path.write_text(PAGE.format(title=html.escape(title), body="\n".join(self.parts)))
+        return path
+
+
+def percent(results: dict | None, key: str) -> str:
+    return f"{100 * results[key]:.2f}%" if results and key in results else "-"
+
+
+def summary(page: Page, runs: list[Run]) -> None:
+    """The comparison table: one row per run."""
+    zero_shot = any(r.results and "zero_shot_test_acc" in r.results for r in runs)
+    header = ["run", "method", "encoder", "epochs", "linear probe (test)", "kNN (test)"]
+    header += ["zero-shot (test)"] if zero_shot else []
+    rows = []
+    for r in runs:
+        method = r.config.method + (" (uses labels)" if r.model.uses_labels else "")
+        row = [r.name, method, r.config.encoder, str(r.epochs), percent(r.results, "linear_probe_test_acc"),
+               percent(r.results, "knn_test_acc")]
+        rows.append(row + ([percent(r.results, "zero_shot_test_acc")] if zero_shot else []))
+    page.heading("Summary")
+    page.table(header, rows)
+    if any(r.model.uses_labels for r in runs):
+        page.note("Runs marked 'uses labels' were trained with the class labels: a reference, not self-supervised.")
+    for r in runs:
+        if r.results is None:
+            page.note(f"{r.name}: no results.json yet; `fashionssl evaluate {r.path}` computes the test numbers.")
+
+
+def run_section(page: Page, run: Run, data: FashionMNIST, device: torch.device, bar: tqdm) -> None:
+    """The figures of one run: embedding map, retrieval, augmentations, confusion matrix, attention."""
+    cfg, backbone = run.config, run.model.backbone.to(device).eval()
+    aug = augment.make_config(cfg.augment, **cfg.augment_options)
+    amp = autocast_dtype(cfg.precision, device)
+    page.heading(f"Run {run.name}")
+    page.note(f"{run.path}: {cfg.method}, {cfg.encoder}, {run.epochs} epochs, augmentation {cfg.augment} "
+              f"{cfg.augment_options or ''}".strip())
+
+    bar.set_postfix_str(f"{run.name}: features")
+    bank = slice(0, RETRIEVAL_BANK)
+    train = extract_features(backbone, data.train.images[bank], aug, device, cfg.eval_batch_size, amp).cpu()
+    test = extract_features(backbone, data.test.images, aug, device, cfg.eval_batch_size, amp).cpu()
+    bar.update()
+
+    bar.set_postfix_str(f"{run.name}: t-SNE")
+    subset = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:TSNE_POINTS]
+    points = embedding_map(test[subset].numpy())
+    page.heading("Embedding map", 3)
+    page.figure(embedding_figure(points, data.test.labels[subset].numpy()), f"{run.name}-tsne.png",
+                f"t-SNE (after PCA to {PCA_DIM} dimensions) of {len(subset)} random test images, coloured by class")
+    bar.update()
+
+    bar.set_postfix_str(f"{run.name}: retrieval")
+    queries = pick_per_class(data.test.labels, QUERIES)
+    similarity, index = nearest_neighbours(train, test[queries], NEIGHBOURS)
+    page.heading("Nearest neighbours", 3)
+    page.figure(retrieval_figure(data.test.images[queries], data.test.labels[queries], data.train.images[bank][index],
+                                 data.train.labels[bank][index], similarity), f"{run.name}-retrieval.png",
+                f"test queries and their {NEIGHBOURS} most cosine-similar images among the first {len(train)} "
+                "training images (backbone features, similarity above each); green: same class")
+    bar.update()
+
+    bar.set_postfix_str(f"{run.name}: augmentations")
+    page.heading("Augmented views", 3)
+    page.figure(augmentation_figure(data.train.images[pick_per_class(data.train.labels, AUG_IMAGES)], aug, AUG_VIEWS),
+                f"{run.name}-augmentations.png",
+                f"what the model is asked to match: random views under the run's augmentation ({cfg.augment})")
+    bar.update()
+
+    page.heading("Linear-probe confusion matrix", 3)
+    confusion = (run.results or {}).get("linear_probe_confusion")
+    if confusion is None:
+        page.note("results.json has no linear_probe_confusion (missing, or written by an older fashionssl); "
+                  f"`fashionssl evaluate {run.path}` adds it.")
+    else:
+        page.figure(confusion_figure(confusion), f"{run.name}-confusion.png",
+                    "rows: true class, columns: the linear probe's prediction")
+
+    bar.set_postfix_str(f"{run.name}: attention")
+    if hasattr(backbone, "cls_attention"):
+        images = data.test.images[queries]
+        with torch.no_grad():
+            attention = backbone.cls_attention(augment.normalize(images.to(device), aug)).cpu()
+        page.heading("CLS attention", 3)
+        page.figure(attention_figure(images, attention), f"{run.name}-attention.png",
+                    "the CLS token's attention over the patch grid (the encoder's cls_attention), "
+                    "averaged over heads and per head")
+    bar.update()
+
+
+def preview_augmentations(aug: augment.AugmentConfig, out: str | Path, images: int = AUG_IMAGES,
+                          views: int = AUG_VIEWS, seed: int = 0, data_dir: str | None = None) -> Path:
+    """The report's augmentation grid for `aug` on training images of different classes, as one PNG:
+    a recipe can be checked by eye before training with it."""
+    if images < 1 or views < 1:
+        raise UserError(f"--images and --views must be >= 1, got {images} and {views}")
+    data = load_fashion_mnist(data_dir, val_size=0)
+    fig = augmentation_figure(data.train.images[pick_per_class(data.train.labels, images, seed)], aug, views, seed)
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=100)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
+    return out
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path | None = None, data_dir: str | None = None,
+                 device: str | None = None) -> Path:
+    """Write report.html and its PNG figures to `out` (default: RUN_DIR/report for one run,
+    runs/report-<time> for several); returns the path of report.html."""
+    if not run_dirs:
+        raise UserError("no run directory given: pass one or more run directories")
+    paths = [Path(p) for p in run_dirs]
+    out = Path(out) if out else paths[0] / "report" if len(paths) == 1 else Path(f"runs/report-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create report folder {out}: {e.strerror}") from None
+    page = Page(out)
+    with tqdm(total=len(paths) * len(RUN_STAGES), desc="report", unit="stage", disable=None) as bar:
+        runs = []
+        for path, name in zip(paths, unique_names(paths)):
+            bar.set_postfix_str(f"{name}: load")
+            runs.append(load_run(path, name))
+            bar.update()
+        summary(page, runs)
+        curves = [(r.name, r.metrics) for r in runs]
+        page.heading("Training curves")
+        page.figure(curves_figure(curves), "curves.png", "loss and learning rate" + (" (overlaid)" if len(runs) > 1 else ""))
+        page.heading("kNN monitor")
+        if any("knn_val_acc" in m for r in runs for m in r.metrics):
+            page.figure(knn_figure(curves), "knn.png", "kNN accuracy on the validation split after each epoch "
+                        "(bank: the first training images), as logged during training")
+        else:
+            page.note("no kNN-monitor values in metrics.jsonl (trained with --knn-every 0).")
+        datasets: dict[tuple, FashionMNIST] = {}
+        for run in runs:
+            cfg = run.config
+            key = (data_dir or cfg.data_dir, cfg.val_size)
+            if key not in datasets:
+                datasets[key] = load_fashion_mnist(*key)
+            run_section(page, run, datasets[key], resolve_device(device or cfg.device), bar)
+    title = "fashionssl report: " + ", ".join(r.name for r in runs)
+    return page.write(title)

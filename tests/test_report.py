@@ -1,0 +1,194 @@
+"""The HTML report (rendered from a real run and opened in headless Chromium), the augmentation
+preview and the export round trip through README's loading snippet."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fashionssl.augment import PRESETS
+from fashionssl.cli import main
+from fashionssl.config import Config
+from fashionssl.encoders import ConvNet
+from fashionssl import report as report_module
+from fashionssl.evaluate import confusion_matrix, extract_features
+from fashionssl.export import load_trained
+from fashionssl.report import (Page, Run, attention_figure, nearest_neighbours, pick_per_class, summary,
+                               write_report)
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+CHROMIUM = shutil.which("chromium")
+
+
+def test_confusion_matrix_counts_true_rows_and_predicted_columns():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    predictions = torch.tensor([0, 1, 1, 2, 0, 2])
+    assert confusion_matrix(predictions, labels, num_classes=3) == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_pick_per_class_takes_distinct_classes_then_repeats():
+    labels = torch.arange(30) % 3
+    picked = pick_per_class(labels, 5, seed=1)
+    assert labels[picked].tolist() == [0, 1, 2, 0, 1]
+    assert len(set(picked.tolist())) == 5
+    assert torch.equal(picked, pick_per_class(labels, 5, seed=1))
+    assert not torch.equal(picked, pick_per_class(labels, 5, seed=2))
+
+
+def test_nearest_neighbours_is_cosine_and_ignores_length():
+    bank = torch.tensor([[1.0, 0.0], [0.0, 5.0], [1.0, 1.0]])
+    similarity, index = nearest_neighbours(bank, torch.tensor([[0.0, 2.0], [3.0, 3.0]]), k=2)
+    assert index.tolist() == [[1, 2], [2, 0]]
+    assert similarity[:, 0].tolist() == pytest.approx([1.0, 1.0])
+    assert similarity[0, 1].item() == pytest.approx(2 ** -0.5)
+
+
+def test_summary_marks_label_use_and_shows_zero_shot_only_when_present(tmp_path):
+    def run(name, method, uses_labels, results):
+        return Run(name, tmp_path / name, Config(method=method), SimpleNamespace(uses_labels=uses_labels), 3, [], results)
+
+    page = Page(tmp_path)
+    summary(page, [run("a", "simclr", False, {"linear_probe_test_acc": 0.9, "knn_test_acc": 0.85}),
+                   run("b", "supervised", True, {"linear_probe_test_acc": 0.93, "knn_test_acc": 0.92,
+                                                 "zero_shot_test_acc": 0.5})])
+    text = "".join(page.parts)
+    assert "<th>zero-shot (test)</th>" in text and "50.00%" in text
+    assert "supervised (uses labels)" in text and "simclr (uses labels)" not in text
+    assert "<td>90.00%</td><td>85.00%</td><td>-</td>" in text  # run a has no zero-shot number
+    page = Page(tmp_path)
+    summary(page, [run("a", "simclr", False, None)])
+    assert "zero-shot" not in "".join(page.parts) and "no results.json" in "".join(page.parts)
+
+
+def test_attention_figure_has_image_mean_and_one_panel_per_head():
+    fig = attention_figure(torch.zeros(2, 28, 28, dtype=torch.uint8), torch.rand(2, 3, 7, 7))
+    assert len(fig.axes) == 2 * (1 + 1 + 3)
+
+
+def fake_cls_attention(self, x):
+    """Stands in for a ViT's CLS attention: three 'heads' of 3x3 maps from the conv features."""
+    return self.features(x)[:, :3].softmax(1)
+
+
+@pytest.fixture(scope="module")
+def report(trained_run, tmp_path_factory):
+    """A report of two copies of the trained run, both named like it (the report must tell them
+    apart): the first with results holding a confusion matrix, the second with results that lack it
+    but have a zero-shot number. Both backbones get a cls_attention, so the attention section is
+    drawn, and the t-SNE map takes 300 points to keep the test short."""
+    _, run_dir = trained_run
+    copies = [tmp_path_factory.mktemp(f"copy{i}") / run_dir.name for i in range(2)]
+    for copy in copies:
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("results.json", "report", "export"))
+    confusion = (torch.eye(10, dtype=torch.long) * 90 + 1).tolist()
+    (copies[0] / "results.json").write_text(json.dumps(
+        {"linear_probe_test_acc": 0.91, "knn_test_acc": 0.88, "linear_probe_confusion": confusion}))
+    (copies[1] / "results.json").write_text(json.dumps(
+        {"linear_probe_test_acc": 0.8, "knn_test_acc": 0.7, "zero_shot_test_acc": 0.5}))
+    out = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ConvNet, "cls_attention", fake_cls_attention, raising=False)
+        mp.setattr(report_module, "TSNE_POINTS", 300)
+        html = write_report(copies, out)
+    return html, run_dir.name
+
+
+def test_report_writes_every_figure_and_embeds_each(report):
+    html_path, name = report
+    out = html_path.parent
+    expected = ["curves.png", "knn.png"] + [f"{run}-{kind}.png" for run in (name, f"{name}-2")
+                                            for kind in ("tsne", "retrieval", "augmentations", "attention")]
+    expected.append(f"{name}-confusion.png")
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == sorted(expected)
+    text = html_path.read_text()
+    for png in expected:
+        assert (out / png).stat().st_size > 1000
+        assert f'data-file="{png}"' in text
+    assert text.count('src="data:image/png;base64,') == len(expected)
+    assert f"{name}-2-confusion.png" not in text and "has no linear_probe_confusion" in text
+    assert "<th>zero-shot (test)</th>" in text and "91.00%" in text and "50.00%" in text
+    assert "of 300 random test images" in text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_report_opens_in_headless_chromium_with_every_image_decoded(report, tmp_path):
+    html_path, name = report
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--window-size=1200,2000"]
+    url = html_path.resolve().as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=60).stdout
+    figures = len(list(html_path.parent.glob("*.png")))
+    assert re.search(r'<body[^>]*data-figures="decoded (\d+)"', dom).group(1) == str(figures)
+    for heading in ("Summary", "Training curves", "kNN monitor", f"Run {name}", f"Run {name}-2", "Embedding map",
+                    "Nearest neighbours", "Augmented views", "Linear-probe confusion matrix", "CLS attention"):
+        assert f">{heading}</h" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=60)
+    assert shot.stat().st_size > 10_000
+    with Image.open(shot) as image:
+        assert image.size == (1200, 2000)
+
+
+def test_augment_preview_draws_images_by_views_grid(tmp_path, small_data_dir):
+    out = tmp_path / "preview.png"
+    config = tmp_path / "recipe.toml"
+    config.write_text('augment = "seed"\n[augment_options]\ncrop_scale = [0.5, 1.0]\n')
+    argv = ["augment-preview", "--config", str(config), "--aug", "blur_p=0.0", "--images", "3", "--views", "4",
+            "--out", str(out), "--data-dir", str(small_data_dir)]
+    assert main(argv) == 0
+    with Image.open(out) as image:
+        assert image.size == (550, 360)  # figsize (1.1 * (4 + 1), 1.2 * 3) inches at 100 dpi
+    assert main(["augment-preview", "--aug", "nosuch=1", "--out", str(tmp_path / "x.png")]) == 2
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_augment_preview_of_the_none_preset_shows_the_original_in_every_column(tmp_path, small_data_dir):
+    out = tmp_path / "none.png"
+    assert main(["augment-preview", "--augment", "none", "--images", "1", "--views", "2", "--out", str(out),
+                 "--data-dir", str(small_data_dir)]) == 0
+    pixels = np.asarray(Image.open(out).convert("L"), dtype=np.float32)
+    third = pixels.shape[1] // 3  # original | view 1 | view 2, equal columns
+    columns = [pixels[20:, i * third:(i + 1) * third] for i in range(3)]  # below the titles
+    assert PRESETS["none"].crop_scale == (1.0, 1.0)
+    assert np.abs(columns[1] - columns[2]).mean() < 1.0
+    assert np.abs(columns[0] - columns[1]).mean() < 1.0
+
+
+def readme_snippet() -> str:
+    text = README.read_text()
+    return re.search(r"<!-- export-snippet -->\n```python\n(.*?)```", text, re.S).group(1)
+
+
+def test_export_round_trip_through_the_readme_snippet(trained_run, small_data_dir, tmp_path):
+    cfg, run_dir = trained_run
+    out = tmp_path / "export"
+    assert main(["export", str(run_dir), "--out", str(out), "--data-dir", str(small_data_dir)]) == 0
+    snippet = readme_snippet()
+    assert 'export_dir = Path("runs/r18/export")' in snippet
+    namespace: dict = {}
+    exec(snippet.replace("runs/r18/export", str(out)), namespace)
+
+    from fashionssl.data import load_fashion_mnist
+    data = load_fashion_mnist(small_data_dir, cfg.val_size)
+    _, model, _ = load_trained(run_dir)
+    aug = PRESETS[cfg.augment]
+    expected = extract_features(model.backbone, data.test.images, aug, torch.device("cpu")).numpy()
+    assert namespace["info"]["encoder"] == cfg.encoder and namespace["info"]["feature_dim"] == expected.shape[1]
+    np.testing.assert_allclose(namespace["embed"](data.test.images).numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(namespace["embeddings"], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(namespace["labels"], data.test.labels.numpy())
+    for split in ("train", "val"):
+        embeddings, labels = np.load(out / f"embeddings_{split}.npy"), np.load(out / f"labels_{split}.npy")
+        assert embeddings.shape == (len(getattr(data, split)), expected.shape[1]) and embeddings.dtype == np.float32
+        np.testing.assert_array_equal(labels, getattr(data, split).labels.numpy())
