@@ -21,7 +21,7 @@ from fashionssl.config import Config
 from fashionssl.encoders import ConvNet
 from fashionssl import report as report_module
 from fashionssl.evaluate import confusion_matrix, extract_features
-from fashionssl.export import load_trained
+from fashionssl.evaluate import load_trained
 from fashionssl.report import (Page, Run, attention_figure, nearest_neighbours, pick_per_class, summary,
                                write_report)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from .augment import AugmentConfig, make_config, normalize
 from .checkpoint import load_checkpoint, load_into, resolve_checkpoint
-from .config import config_from_dict
+from .config import Config, config_from_dict
 from .data import FashionMNIST, load_fashion_mnist
 from .device import autocast_dtype, resolve_device
-from .methods import build_model
+from .methods import Method, build_model
 from .runlog import write_json
 
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
@@ -166,18 +166,25 @@ def evaluate_backbone(backbone: nn.Module, data: FashionMNIST, aug: AugmentConfi
     return results
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | None = None, device: str | None = None,
-                        out: str | Path | None = None) -> dict:
-    """Evaluate a pretraining checkpoint's backbone; writes results.json beside it (or to `out`)."""
+def load_trained(checkpoint: str | Path) -> tuple[Config, Method, int]:
+    """(config, model with the checkpoint's weights, epochs trained) of a run directory or checkpoint."""
     state, path = load_checkpoint(checkpoint), resolve_checkpoint(checkpoint)
     cfg = config_from_dict(state["config"], f"{path} config")
     model = build_model(cfg)
     load_into(model, state["model"], path, f"method {cfg.method!r} with encoder {cfg.encoder!r}")
+    return cfg, model, state["epoch"]
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | None = None, device: str | None = None,
+                        out: str | Path | None = None) -> dict:
+    """Evaluate a pretraining checkpoint's backbone; writes results.json beside it (or to `out`)."""
+    cfg, model, epochs = load_trained(checkpoint)
+    path = resolve_checkpoint(checkpoint)
     dev = resolve_device(device or cfg.device)
     data = load_fashion_mnist(data_dir or cfg.data_dir, cfg.val_size)
     aug = make_config(cfg.augment, **cfg.augment_options)
     results = {"method": cfg.method, "encoder": cfg.encoder, "uses_labels": model.uses_labels,
-               "epochs": state["epoch"], "checkpoint": str(path)}
+               "epochs": epochs, "checkpoint": str(path)}
     if model.uses_labels:
         results["label_use"] = model.label_use
     model.to(dev)

@@ -13,27 +13,12 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .augment import make_config
-from .checkpoint import first_line, load_checkpoint, resolve_checkpoint
-from .config import Config
+from .checkpoint import resolve_checkpoint
 from .data import load_fashion_mnist
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import extract_features
-from .methods import Method, build_model
+from .evaluate import extract_features, load_trained
 from .runlog import write_json
-
-
-def load_trained(checkpoint: str | Path) -> tuple[Config, Method, int]:
-    """(config, model with the checkpoint's weights, epochs trained) of a run directory or checkpoint."""
-    state = load_checkpoint(checkpoint)
-    cfg = Config(**state["config"])
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {checkpoint} does not match method {cfg.method!r} with encoder "
-                        f"{cfg.encoder!r}: {first_line(e)}") from None
-    return cfg, model, state["epoch"]
 
 
 def export_run(checkpoint: str | Path, out: str | Path | None = None, data_dir: str | None = None,

@@ -28,8 +28,7 @@ from .config import Config
 from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from .device import autocast_dtype, resolve_device
 from .errors import UserError
-from .evaluate import extract_features
-from .export import load_trained
+from .evaluate import extract_features, load_trained
 from .methods import Method
 
 # Test images on the embedding map, and t-SNE iterations: measured 48 CPU-seconds for 2,500 points
