@@ -55,7 +55,7 @@ def test_bad_per_method_value_fails_before_any_training(tmp_path, small_data_dir
 def test_cli_bench_runs_two_methods_and_a_rerun_reuses_them(tmp_path, small_data_dir, capsys):
     out = tmp_path / "bench"
     args = ["bench", "--methods", "simclr,rotation", "--epochs", "1", "--batch-size", "256", "--train-subset", "512",
-            "--encoder", "cnn", "--val-size", "500", "--data-dir", str(small_data_dir), "--out", str(out)]
+            "--encoder", "cnn", "--val-size", "500", "--no-report", "--data-dir", str(small_data_dir), "--out", str(out)]
     assert main(args) == 0
     table = "\n".join(line for line in capsys.readouterr().out.splitlines() if line.startswith("|"))
     for name in ("raw pixels", "untrained cnn (seed 0)", "| simclr |", "| rotation |"):

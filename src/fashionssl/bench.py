@@ -23,6 +23,7 @@ from .encoders import build_encoder
 from .errors import UserError
 from .evaluate import evaluate_backbone, evaluate_checkpoint, evaluate_features
 from .methods import METHODS
+from .report import write_report
 from .runlog import write_json
 from .train import pretrain
 
@@ -103,8 +104,9 @@ def comparison_table(rows: list[dict]) -> str:
 
 
 def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | Path | None = None,
-          overrides: dict[str, Any] | None = None) -> str:
-    """Run the comparison into `out` (one run directory per method) and return the Markdown table.
+          overrides: dict[str, Any] | None = None, report: bool = True) -> str:
+    """Run the comparison into `out` (one run directory per method) and return the Markdown table;
+    with `report`, also the HTML report comparing the runs (`out/report/report.html`).
 
     Budget: DEFAULT_BUDGET < the bench file's shared keys < `overrides` (command-line flags), then a
     method's own `[per_method.NAME]` table.
@@ -125,4 +127,6 @@ def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | P
               f"{torch.get_num_threads()} threads; budget: {json.dumps(common)}"
               + (f"; per method: {json.dumps(per_method)}" if per_method else ""))
     (out / "comparison.md").write_text(f"{header}\n\n{table}\n")
+    if report:
+        write_report([out / name for name in methods], out / "report", reference.data_dir, reference.device)
     return table

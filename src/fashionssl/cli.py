@@ -90,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
                        ("--data-dir", str), ("--device", str), ("--seed", int), ("--val-size", int),
                        ("--train-subset", int)):
         bench.add_argument(flag, type=kind)
+    bench.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                       help="also write OUT/report/report.html comparing the runs (default on)")
     bench.add_argument("--out", default="runs/bench", help="bench directory, one run directory per method (default runs/bench)")
     rep = sub.add_parser("report", help="an offline HTML report of what one or more runs learned (and a comparison)")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             flags = {k: getattr(args, k) for k in ("encoder", "epochs", "batch_size", "lr", "data_dir", "device",
                                                    "seed", "val_size", "train_subset")}
             methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-            print(bench(args.out, methods, args.config, flags))
+            print(bench(args.out, methods, args.config, flags, args.report))
             return 0
         if args.command == "evaluate":
             print(results_table(evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.out)))
