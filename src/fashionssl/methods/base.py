@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import ViewSpec
 from ..errors import UserError
 from ..schedules import cosine_momentum
 
@@ -20,7 +21,7 @@ from ..schedules import cosine_momentum
 class Method(nn.Module):
     """Base class: subclasses set `backbone` (what evaluation keeps) and implement `forward`."""
 
-    num_views: int = 2       # augmented views of each image the loop passes to forward
+    view_spec: ViewSpec = ViewSpec()  # the augmented views of each image the loop passes to forward
     uses_labels: bool = False  # True only for the supervised reference; tables mark it
 
     def __init__(self, backbone: nn.Module):
@@ -28,7 +29,7 @@ class Method(nn.Module):
         self.backbone = backbone
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Views (each (B, 1, H, W)) and the batch's labels (ignored by self-supervised methods) ->
+        """Views (each (B, 1, H, W), in view_spec's order: global views, then local ones) and the batch's labels (ignored by self-supervised methods) ->
         (scalar loss, extra detached scalars to log)."""
         raise NotImplementedError
 
