@@ -8,11 +8,13 @@ from ..encoders import build_encoder
 from ..errors import UserError
 from .base import Method
 from .byol import BYOL
+from .dino import DINO
 from .moco import MoCo
 from .rotation import Rotation
 from .simclr import SimCLR
 from .simsiam import SimSiam
 from .supervised import Supervised
+from .swav import SwAV
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -21,6 +23,8 @@ METHODS: dict[str, type[Method]] = {
     "simsiam": SimSiam,
     "rotation": Rotation,
     "supervised": Supervised,
+    "swav": SwAV,
+    "dino": DINO,
 }
 
 
