@@ -261,10 +261,6 @@ class ViewSpec:
     local_size: int = 16
     local_scale: tuple[float, float] = (0.05, 0.4)
 
-    @property
-    def total(self) -> int:
-        return self.global_views + self.local_views
-
 
 def views(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
           spec: ViewSpec = ViewSpec()) -> list[torch.Tensor]:

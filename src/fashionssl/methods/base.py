@@ -30,8 +30,8 @@ class Method(nn.Module):
         self.backbone = backbone
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Views (each (B, 1, H, W), in view_spec's order: global views, then local ones) and the batch's labels (ignored by self-supervised methods) ->
-        (scalar loss, extra detached scalars to log)."""
+        """Views (each (B, 1, H, W), in view_spec's order: global views, then local ones) and the
+        batch's labels (ignored by self-supervised methods) -> (scalar loss, extra detached scalars to log)."""
         raise NotImplementedError
 
     def epoch_warnings(self, summary: dict[str, float]) -> list[str]:
