@@ -28,7 +28,7 @@ def time_views(images: torch.Tensor, preset: str, repeats: int) -> float:
     seconds = []
     for i in range(repeats + 5):
         start = time.perf_counter()
-        views(images, PRESETS[preset], generator, 2)
+        views(images, PRESETS[preset], generator)
         if images.is_cuda:
             torch.cuda.synchronize()
         if i >= 5:

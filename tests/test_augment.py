@@ -20,6 +20,7 @@ from fashionssl.augment import (
     make_config,
     normalize,
     to_float,
+    ViewSpec,
     views,
 )
 from fashionssl.errors import UserError
@@ -128,7 +129,7 @@ def test_same_seed_same_views_and_global_rng_untouched() -> None:
 
 def test_views_are_independent() -> None:
     x = images()
-    out = views(x, PRESETS["default"], gen(), n=3)
+    out = views(x, PRESETS["default"], gen(), ViewSpec(global_views=3))
     assert len(out) == 3 and all(v.shape == (8, 1, 28, 28) for v in out)
     assert not torch.equal(out[0], out[1]) and not torch.equal(out[1], out[2])
 

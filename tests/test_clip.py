@@ -198,7 +198,7 @@ def test_logit_scale_is_learnt_and_capped_at_100():
         model.logit_scale.fill_(math.log(500))
     model.after_step(0, 10)
     assert model.logit_scale.exp().item() == pytest.approx(MAX_LOGIT_SCALE)
-    assert model.uses_labels and model.num_views == 1
+    assert model.uses_labels and model.view_spec.global_views == 1 and model.view_spec.local_views == 0
 
 
 @pytest.mark.parametrize("option, value", [("temperature", 0), ("temperature", 0.001), ("embed_dim", 0),

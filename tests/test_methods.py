@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashionssl.augment import make_config
+from fashionssl.augment import ViewSpec, make_config
 from fashionssl.checkpoint import load_checkpoint
 from fashionssl.config import Config
 from fashionssl.data import load_fashion_mnist
@@ -39,7 +39,7 @@ def make(name: str, seed: int = 0, **options):
 
 def batch(model, n: int = 6, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
-    views = [torch.randn(n, 1, 28, 28, generator=g) for _ in range(model.num_views)]
+    views = [torch.randn(n, 1, 28, 28, generator=g) for _ in range(model.view_spec.global_views)]
     return views, torch.randint(0, 10, (n,), generator=g)
 
 
@@ -290,7 +290,7 @@ def test_rotate_all_labels_and_images():
 def test_rotation_forward_uses_rotation_labels():
     model = make("rotation").eval()
     views, labels = batch(model, n=5)
-    assert model.num_views == 1 and not model.uses_labels
+    assert model.view_spec == ViewSpec(global_views=1) and not model.uses_labels
     loss, logs = model(views, labels)
     x, rotation = rotate_all(views[0])
     logits = model.classifier(model.backbone(x))
@@ -303,7 +303,7 @@ def test_rotation_forward_uses_rotation_labels():
 def test_supervised_uses_labels():
     model = make("supervised").eval()
     views, labels = batch(model, n=8)
-    assert model.num_views == 1 and model.uses_labels
+    assert model.view_spec == ViewSpec(global_views=1) and model.uses_labels
     loss, logs = model(views, labels)
     torch.testing.assert_close(loss, F.cross_entropy(model.classifier(model.backbone(views[0])), labels))
     assert model(views, labels.roll(1))[0].item() != pytest.approx(loss.item(), rel=1e-4)

@@ -249,10 +249,30 @@ def _blur(x: torch.Tensor, cfg: AugmentConfig, apply: torch.Tensor, sigma: torch
     return F.conv2d(rows, kernel.view(batch, 1, -1, 1), groups=batch).view(batch, 1, height, width)
 
 
-def views(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, n: int = 2) -> list[torch.Tensor]:
-    """n independent views of the batch, as a list of n (B,1,size,size) tensors.
-
-    One augment() call on the batch repeated n times: one set of kernel launches instead of n.
+@dataclass(frozen=True)
+class ViewSpec:
+    """Which views of each image a method wants: `global_views` at the configured size and crop
+    scale, then `local_views` small crops (multi-crop, Caron et al., 2020) of `local_size` pixels
+    covering `local_scale` of the image's area. Methods declare one; the loop passes it to views().
     """
-    batch = images.shape[0]
-    return list(augment(images.repeat(n, *[1] * (images.dim() - 1)), cfg, generator).split(batch))
+
+    global_views: int = 2
+    local_views: int = 0
+    local_size: int = 16
+    local_scale: tuple[float, float] = (0.05, 0.4)
+
+
+def views(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+          spec: ViewSpec = ViewSpec()) -> list[torch.Tensor]:
+    """The views `spec` asks for, as a list: spec.global_views (B,1,cfg.size,cfg.size) tensors, then
+    spec.local_views (B,1,local_size,local_size) ones.
+
+    One augment() call per kind on the batch repeated: one set of kernel launches instead of one
+    per view. Global views are drawn first, so they do not depend on how many local views follow.
+    """
+    batch, ones = images.shape[0], [1] * (images.dim() - 1)
+    out = list(augment(images.repeat(spec.global_views, *ones), cfg, generator).split(batch))
+    if spec.local_views:
+        local = dataclasses.replace(cfg, crop_scale=spec.local_scale, size=spec.local_size)
+        out += augment(images.repeat(spec.local_views, *ones), local, generator).split(batch)
+    return out

@@ -8,12 +8,20 @@ SimCLR takes the representation before any fully connected layer (a linear layer
 first layer of the projection head, which the loss makes invariant to what augmentation changed).
 Measured once on an earlier SimCLR checkpoint that still had the linear layer (docs/benchmarks.md): the linear probe scores 90.6% on the conv features and 89.1%
 on the 256-d linear layer's output. `resnet18` is the usual ResNet-18 with the CIFAR-style stem
-(3x3 conv, stride 1, no max-pool) that small images need.
+(3x3 conv, stride 1, no max-pool) that small images need. `vit-tiny` is a small Vision Transformer
+(Dosovitskiy et al., 2021) whose representation is the CLS token, with `cls_attention` for pictures.
+
+Every encoder also takes the smaller crops of multi-crop methods (e.g. 16x16) and gives them features
+of the same size: ResNet pools globally, ConvNet pools its last map to 3x3, the ViT interpolates
+its position embeddings.
 """
 
 from collections.abc import Callable
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
@@ -38,7 +46,10 @@ class ConvNet(nn.Module):
         self.feature_dim = fc_dim or flat_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).flatten(1))  # (B, C, 3, 3) -> (B, feature_dim)
+        x = self.features(x)  # (B, C, 3, 3) for 28x28 images
+        if x.shape[-2:] != (3, 3):  # a smaller multi-crop view (e.g. 16x16 -> 2x2): same feature size
+            x = F.adaptive_avg_pool2d(x, 3)
+        return self.fc(x.flatten(1))  # (B, feature_dim)
 
 
 class BasicBlock(nn.Module):
@@ -75,10 +86,109 @@ class ResNet18(nn.Module):
         return self.blocks(self.stem(x)).mean(dim=(2, 3))  # global average pool -> (B, 512)
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention. forward uses the fused kernel; weights() computes the softmax
+    explicitly, for attention maps."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        return qkv.unbind(0)  # each (B, heads, T, head_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(*self._qkv(x))  # (B, heads, T, head_dim)
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, heads, T, T): row i is token i's attention over all tokens; every row sums to 1."""
+        q, k, _ = self._qkv(x)
+        return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer layer: x + attention(norm(x)), then x + MLP(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT for 28x28 images: non-overlapping patch_size patches (4: a 7x7 grid of 49 tokens, fine
+    enough for attention maps; 7: a 4x4 grid, about 3x cheaper), a CLS token, learned position
+    embeddings, `depth` pre-norm layers; the representation is the final-normed CLS token.
+
+    Inputs of another size (multi-crop's local views) get the position embeddings bicubically
+    interpolated to their grid, as DINO does.
+    """
+
+    def __init__(self, patch_size: int = 4, dim: int = 192, depth: int = 4, heads: int = 3, image_size: int = 28):
+        super().__init__()
+        if image_size % patch_size or dim % heads:
+            raise ValueError(f"need patch_size ({patch_size}) to divide image_size ({image_size}) and heads ({heads}) to divide dim ({dim})")
+        self.grid = image_size // patch_size
+        self.patch_embed = nn.Conv2d(1, dim, patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.feature_dim = dim
+        for p in (self.cls_token, self.pos_embed):
+            nn.init.trunc_normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> (B, 1 + grid*grid, dim): CLS token then patch tokens, row by row, with positions."""
+        x = self.patch_embed(images)  # (B, dim, g, g)
+        grid = x.shape[-2:]
+        pos = self.pos_embed
+        if grid != (self.grid, self.grid):
+            patches = pos[:, 1:].reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)
+            patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
+            pos = torch.cat([pos[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x.flatten(2).transpose(1, 2)], dim=1)
+        return x + pos
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(images)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x[:, 0])  # (B, dim)
+
+    @torch.no_grad()
+    def cls_attention(self, images: torch.Tensor) -> torch.Tensor:
+        """The last layer's attention of the CLS query over the patch tokens, (B, heads, grid, grid)
+        (the rows also give some weight to CLS itself, so a map sums to at most 1)."""
+        x = self.tokens(images)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        last = self.blocks[-1]
+        cls_row = last.attn.weights(last.norm1(x))[:, :, 0, 1:]  # (B, heads, g*g)
+        grid = images.shape[-1] // self.patch_embed.stride[0]
+        return cls_row.unflatten(-1, (-1, grid))
+
+
 ENCODERS: dict[str, Callable[[], nn.Module]] = {
     "cnn": lambda: ConvNet(batch_norm=False),
     "cnn-bn": lambda: ConvNet(batch_norm=True, fc_dim=None),
     "resnet18": ResNet18,
+    "vit-tiny": VisionTransformer,
 }
 
 

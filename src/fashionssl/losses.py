@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from .distributed import gather_with_grad, rank
+from .distributed import all_reduce_sum, gather, gather_with_grad, rank
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
@@ -87,3 +87,76 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     image_to_text = logit_scale * image @ gather_with_grad(text).T  # (N, world * N)
     text_to_image = logit_scale * text @ gather_with_grad(image).T
     return (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets)) / 2
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """SwAV's codes: soft assignments of the global batch's samples to prototypes, spread equally.
+
+    scores: (B, K) similarities of this process's samples to K prototypes. Returns (B, K) codes Q,
+    each row summing to 1 (a distribution over prototypes; exact, the last step normalises samples)
+    and every prototype's column summing to about B_global / K (closer with more iterations): "we
+    enforce that on average each prototype is selected at least B/K times in the batch" (Caron et
+    al., 2020). Q = diag(u) exp(scores / epsilon) diag(v), the solution of the entropy-regularised
+    transport problem, approximated by `iterations` rounds of alternately normalising prototypes and
+    samples. In fp32; the prototype sums run over every process's samples (all_reduce_sum), so the
+    codes are those of the global batch under torchrun. Scores are shifted by their global maximum
+    first: the normalisations cancel any constant, and exp cannot overflow.
+    """
+    scores = scores.float()
+    batch = all_reduce_sum(torch.tensor(float(len(scores)), device=scores.device))
+    q = torch.exp((scores - gather(scores.max().view(1)).max()) / epsilon).T  # (K, B)
+    prototypes = q.shape[0]
+    q /= all_reduce_sum(q.sum())
+    for _ in range(iterations):
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True)) * prototypes  # each prototype: total 1/K
+        q /= q.sum(dim=0, keepdim=True) * batch  # each sample: total 1/B
+    return (q * batch).T
+
+
+def swapped_prediction(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """SwAV's loss: predict each global view's code from every other view's prototype scores.
+
+    scores: (V, B, K) prototype scores of all V views (global views first); codes: (G, B, K)
+    Sinkhorn codes of the first G (global) views, without gradient. "we predict the code of a view
+    from the representation of another view" (Caron et al., 2020): for each code i and each view
+    v != i, the cross-entropy -sum_k q_i log softmax(scores_v / temperature), averaged over the
+    batch, over the V - 1 views and over the G codes. Per-sample given the codes: nothing to gather.
+    """
+    log_p = F.log_softmax(scores.float() / temperature, dim=-1)  # (V, B, K)
+    total = scores.new_zeros((), dtype=torch.float32)
+    for i, q in enumerate(codes.float()):
+        others = torch.cat([log_p[:i], log_p[i + 1:]])  # (V - 1, B, K)
+        total = total - (q * others).sum(-1).mean()
+    return total / len(codes)
+
+
+def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
+              student_temperature: float = 0.1, teacher_temperature: float = 0.04) -> torch.Tensor:
+    """DINO's self-distillation loss: the student's distribution over out_dim dimensions matches the
+    centred, sharpened teacher distribution of every other view.
+
+    student: (V, B, D) logits of all V views (global first); teacher: (G, B, D) logits of the G
+    global views; center: (D,). "P_t = softmax((g_t(x) - c) / tau_t) [...] we minimise
+    sum over x in {x1g, x2g}, x' in V, x' != x of H(P_t(x), P_s(x'))" (Caron et al., 2021), averaged
+    over the batch and the pairs. Centring keeps one dimension from dominating and sharpening keeps
+    the output from going uniform; the teacher gets no gradient.
+    """
+    log_p = F.log_softmax(student.float() / student_temperature, dim=-1)  # (V, B, D)
+    targets = F.softmax((teacher.float() - center) / teacher_temperature, dim=-1).detach()  # (G, B, D)
+    total, pairs = log_p.new_zeros(()), 0
+    for i, t in enumerate(targets):
+        for v, lp in enumerate(log_p):
+            if v != i:
+                total = total - (t * lp).sum(-1).mean()
+                pairs += 1
+    return total / pairs
+
+
+@torch.no_grad()
+def dino_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
+    """The new centre: momentum * center + (1 - momentum) * the mean teacher logit over the global
+    batch (every view and sample of every process). teacher: (..., D); center: (D,)."""
+    flat = teacher.float().reshape(-1, teacher.shape[-1])
+    total = all_reduce_sum(torch.cat([flat.sum(0), flat.new_tensor([len(flat)])]))
+    return momentum * center + (1 - momentum) * total[:-1] / total[-1]

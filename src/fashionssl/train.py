@@ -143,7 +143,7 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
             for i in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + i
                 index = order[i * batch:(i + 1) * batch]
-                views = augment.views(images[index], aug, aug_generator, model.num_views)
+                views = augment.views(images[index], aug, aug_generator, model.view_spec)
                 if cfg.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                 for group in optimizer.param_groups:

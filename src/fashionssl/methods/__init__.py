@@ -9,11 +9,13 @@ from ..errors import UserError
 from .base import Method
 from .byol import BYOL
 from .clip import CLIP
+from .dino import DINO
 from .moco import MoCo
 from .rotation import Rotation
 from .simclr import SimCLR
 from .simsiam import SimSiam
 from .supervised import Supervised
+from .swav import SwAV
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -22,6 +24,8 @@ METHODS: dict[str, type[Method]] = {
     "simsiam": SimSiam,
     "rotation": Rotation,
     "supervised": Supervised,
+    "swav": SwAV,
+    "dino": DINO,
     "clip": CLIP,
 }
 

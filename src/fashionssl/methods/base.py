@@ -7,12 +7,14 @@ it runs. Adding a method is one file and one line in `methods/__init__.py`.
 
 import copy
 import functools
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import ViewSpec
 from ..errors import UserError
 from ..schedules import cosine_momentum
 
@@ -20,7 +22,7 @@ from ..schedules import cosine_momentum
 class Method(nn.Module):
     """Base class: subclasses set `backbone` (what evaluation keeps) and implement `forward`."""
 
-    num_views: int = 2       # augmented views of each image the loop passes to forward
+    view_spec: ViewSpec = ViewSpec()  # the augmented views of each image the loop passes to forward
     uses_labels: bool = False  # True when training sees the labels (supervised, clip); tables mark it
     label_use: str = "uses labels"  # how, in the words a table title shows
 
@@ -29,8 +31,8 @@ class Method(nn.Module):
         self.backbone = backbone
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Views (each (B, 1, H, W)) and the batch's labels (ignored by self-supervised methods) ->
-        (scalar loss, extra detached scalars to log)."""
+        """Views (each (B, 1, H, W), in view_spec's order: global views, then local ones) and the
+        batch's labels (ignored by self-supervised methods) -> (scalar loss, extra detached scalars to log)."""
         raise NotImplementedError
 
     def epoch_warnings(self, summary: dict[str, float]) -> list[str]:
@@ -65,6 +67,30 @@ def check_option(method: str, name: str, value: object, rule: str, valid, intege
 def check_size(method: str, name: str, value: object) -> int:
     """check_option for a layer width or queue length: an integer >= 1."""
     return check_option(method, name, value, "an integer >= 1", lambda v: v >= 1, integer=True)
+
+
+def multi_crop_spec(method: str, local_crops: object, local_size: object, local_scale: object) -> ViewSpec:
+    """The ViewSpec of a multi-crop method (2 global views + local_crops small ones) from its
+    options, each checked with a UserError naming the method and option."""
+    check_option(method, "local_crops", local_crops, "an integer >= 0 (0: no local crops)", lambda v: v >= 0, integer=True)
+    check_option(method, "local_size", local_size, "an integer >= 2 (pixels)", lambda v: v >= 2, integer=True)
+    numbers = isinstance(local_scale, (list, tuple)) and len(local_scale) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in local_scale)
+    if not (numbers and 0 < local_scale[0] <= local_scale[1] <= 1):
+        raise UserError(f"{method} option local_scale must be [lo, hi] with 0 < lo <= hi <= 1 (area fractions), "
+                        f"got {local_scale!r}")
+    return ViewSpec(2, local_crops, local_size, (float(local_scale[0]), float(local_scale[1])))
+
+
+def encode_views(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Backbone features of every view, (V * B, feature_dim) in view order.
+
+    Consecutive views of one size share a forward pass, so BatchNorm statistics mix them (as for
+    two-view methods); global and local crops differ in size, so each size gets its own pass, as
+    in the official multi-crop code.
+    """
+    groups = itertools.groupby(views, key=lambda v: v.shape[-2:])
+    return torch.cat([backbone(torch.cat(list(group))) for _, group in groups])
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import ViewSpec
 from ..captions import VOCAB, CaptionSampler, prompts, tokenize
 from ..distributed import rank
 from ..heads import mlp_head
@@ -53,7 +54,7 @@ class CLIP(Method):
     """Options: embed_dim of the joint space; hidden_dim of the image projection head; text_width of
     the word embeddings and text MLP; temperature, the initial temperature (then learnt)."""
 
-    num_views = 1
+    view_spec = ViewSpec(global_views=1)
     uses_labels = True
     label_use = "captions derive from labels"
 

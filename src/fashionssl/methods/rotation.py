@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import ViewSpec
 from ..heads import mlp_head
 from .base import Method, check_option
 
@@ -32,7 +33,7 @@ class Rotation(Method):
     linear). RotNet's best features lie below its last layers, which specialise in rotation; an MLP
     head takes that specialisation off the backbone's output, as a projection head does for SimCLR."""
 
-    num_views = 1
+    view_spec = ViewSpec(global_views=1)
 
     def __init__(self, backbone, hidden_dim: int = 512):
         super().__init__(backbone)

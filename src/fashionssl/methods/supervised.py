@@ -7,6 +7,7 @@ is the upper reference the self-supervised methods are compared with; tables mar
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import ViewSpec
 from .base import Method, check_option
 
 NUM_CLASSES = 10  # Fashion-MNIST
@@ -15,7 +16,7 @@ NUM_CLASSES = 10  # Fashion-MNIST
 class Supervised(Method):
     """Options: label_smoothing of the cross entropy (0 = plain cross entropy)."""
 
-    num_views = 1
+    view_spec = ViewSpec(global_views=1)
     uses_labels = True
 
     def __init__(self, backbone, label_smoothing: float = 0.0):
