@@ -5,6 +5,7 @@ import sys
 
 from .augment import PRESETS
 from .config import make_config, parse_option
+from .distributed import is_main_process, torchrun_process_group
 from .encoders import ENCODERS
 from .errors import UserError
 from .methods import METHODS
@@ -78,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             print(results_table(evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.out)))
             return 0
         cfg = None if args.resume else config_from_args(args)
-        run_dir = pretrain(cfg, resume=args.resume)
+        with torchrun_process_group():  # several processes when started by torchrun (docs/distributed.md)
+            run_dir = pretrain(cfg, resume=args.resume)
+            if not is_main_process():  # evaluation and its output are rank 0's
+                return 0
         print(f"run directory: {run_dir}")
         if args.command == "run":
             print(results_table(evaluate_checkpoint(run_dir)))

@@ -22,6 +22,10 @@ class Method(nn.Module):
 
     num_views: int = 2       # augmented views of each image the loop passes to forward
     uses_labels: bool = False  # True only for the supervised reference; tables mark it
+    # Whether multi-process runs use SyncBatchNorm by default: True where the loss compares the
+    # samples of a batch (per-rank statistics would then change the loss and can leak which views
+    # belong together); False where per-sample losses do as well with per-rank statistics.
+    needs_sync_batchnorm: bool = True
 
     def __init__(self, backbone: nn.Module):
         super().__init__()

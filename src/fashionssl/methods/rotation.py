@@ -33,6 +33,7 @@ class Rotation(Method):
     head takes that specialisation off the backbone's output, as a projection head does for SimCLR."""
 
     num_views = 1
+    needs_sync_batchnorm = False  # a per-sample loss: per-rank BatchNorm statistics do
 
     def __init__(self, backbone, hidden_dim: int = 512):
         super().__init__(backbone)
