@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 from .errors import UserError
@@ -113,13 +112,30 @@ def shard_batches(order: torch.Tensor, batch_size: int) -> torch.Tensor:
     return order[:steps * batch_size].view(steps, world_size(), -1)[:, rank()].reshape(-1)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient for the whole result and hands each
+    rank its own slice. Plain collectives only: torch.distributed.nn's differentiable ones are
+    deprecated in torch 2.13, and their replacement is private."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rows = len(x)
+        return gather(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = all_reduce_sum(grad.contiguous().clone())
+        return grad[rank() * ctx.rows:(rank() + 1) * ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every rank along dim 0, rank order, keeping the autograd graph: the
-    gradient reaching another rank's slice flows back to that rank. Contrastive negatives from the
-    whole global batch need this; a plain all_gather would cut the graph (a known peer bug)."""
+    gradient reaching another rank's slice flows back to that rank, carrying every rank's loss.
+    Contrastive negatives from the whole global batch need this; a plain all_gather would cut the
+    graph (a known peer bug). Every rank must pass the same shape."""
     if world_size() == 1:
         return x
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()
@@ -144,7 +160,8 @@ def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
     """The sum of `x` over ranks, differentiable: each rank's `x` gets the gradient of every rank's loss."""
     if world_size() == 1:
         return x
-    return dist_fn.all_reduce(x)
+    # The sum of a differentiable all-gather: the payload here (BatchNorm's per-channel sums) is small.
+    return gather_with_grad(x[None]).sum(dim=0)
 
 
 @torch.no_grad()

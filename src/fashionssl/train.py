@@ -84,14 +84,11 @@ def build_training_model(cfg: Config, device: torch.device) -> Method:
 def training_forward(model: Method, device: torch.device, compile: bool) -> torch.nn.Module:
     """What the loop calls forward on: with several processes the model wrapped in
     DistributedDataParallel (which averages gradients over ranks), torch.compile'd when asked.
-
-    Buffers are not broadcast from rank 0 every step: they stay equal on their own (SyncBatchNorm
-    statistics, MoCo's queue of gathered keys), and a 2 MB queue is not worth sending each step. With
-    per-rank BatchNorm the running statistics differ between ranks; checkpoints keep rank 0's.
+    DDP also copies rank 0's buffers to the others before each forward: with per-rank BatchNorm the
+    running statistics are rank 0's; SyncBatchNorm's and MoCo's queue are equal everywhere anyway.
     """
     if world_size() > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(model) if compile else model
 
 
