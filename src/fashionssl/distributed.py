@@ -42,6 +42,11 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's LOCAL_RANK): which GPU it uses."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main_process() -> bool:
     return rank() == 0
 
@@ -86,11 +91,6 @@ def torchrun_process_group() -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
-
-
-def local_rank() -> int:
-    """This process's index on its machine (torchrun's LOCAL_RANK): which GPU it uses."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def process_device(device: torch.device) -> torch.device:

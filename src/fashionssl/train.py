@@ -21,12 +21,12 @@ import torch
 from tqdm import tqdm
 
 from . import augment
-from .distributed import (is_main_process, main_process_decides, mean_over_ranks, process_device,
-                          rank, shard_batches, sync_batchnorm, world_size)
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import Config, validate
 from .data import FashionMNIST, load_fashion_mnist
 from .device import autocast_dtype, resolve_device
+from .distributed import (is_main_process, main_process_decides, mean_over_ranks, process_device,
+                          rank, shard_batches, sync_batchnorm, world_size)
 from .errors import UserError
 from .evaluate import accuracy, extract_features, knn_predict
 from .methods import Method, build_model
