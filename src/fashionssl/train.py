@@ -86,9 +86,13 @@ def training_forward(model: Method, device: torch.device, compile: bool) -> torc
     DistributedDataParallel (which averages gradients over ranks), torch.compile'd when asked.
     DDP also copies rank 0's buffers to the others before each forward: with per-rank BatchNorm the
     running statistics are rank 0's; SyncBatchNorm's and MoCo's queue are equal everywhere anyway.
+    Methods that leave trainable parameters out of some steps' loss (`skips_parameters`) make DDP
+    look for them each step; otherwise it would stop at the next step.
     """
     if world_size() > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.skips_parameters)
     return torch.compile(model) if compile else model
 
 
