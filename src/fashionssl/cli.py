@@ -5,6 +5,7 @@ import sys
 
 from .augment import PRESETS
 from .config import make_config, parse_option
+from .distributed import is_main_process, torchrun_process_group
 from .encoders import ENCODERS
 from .errors import UserError
 from .methods import METHODS
@@ -151,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             from .export import export_run
             print(f"exported to {export_run(args.checkpoint, args.out, args.data_dir, args.device)}")
             return 0
-        run_dir = pretrain(config_from_args(args), resume=args.resume)
+        cfg = None if args.resume else config_from_args(args)
+        with torchrun_process_group():  # several processes when started by torchrun (docs/distributed.md)
+            run_dir = pretrain(cfg, resume=args.resume)
+            if not is_main_process():  # evaluation and its output are rank 0's
+                return 0
         print(f"run directory: {run_dir}")
         if args.command == "run":
             print(results_table(evaluate_checkpoint(run_dir)))

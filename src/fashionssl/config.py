@@ -37,6 +37,7 @@ class Config:
     precision: str = "auto"  # auto = bf16 autocast where the hardware runs it natively, else fp32
     channels_last: bool = True  # NHWC convolutions: measured 1.3-1.5x faster on CPU
     compile: bool = False  # torch.compile the model (slow first step, faster after)
+    sync_batchnorm: bool | None = None  # global-batch BatchNorm with torchrun; None: as the method needs (docs/distributed.md)
     # where and with what
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0

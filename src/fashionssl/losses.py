@@ -13,12 +13,21 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     negative examples" (Chen et al., 2020): each of the 2N embeddings is classified against the
     other 2N-1, of which exactly one (its other view) is the positive. The mean over all 2N anchors
     makes the loss symmetric in z1 and z2.
+
+    Several processes: z1, z2 are this rank's n images of the global batch of N = W*n (rank order).
+    The anchors are this rank's 2n views, the candidates all 2N views, gathered with gradient, so
+    the mean of the ranks' losses is the loss of the global batch, negatives from every rank.
     """
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D)
     n = z1.shape[0]
-    logits = z @ z.T / temperature  # (2N, 2N) cosine similarities
-    logits.fill_diagonal_(float("-inf"))  # an embedding is not its own negative
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)  # i <-> i + N
+    anchors = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2n, D): this rank's views
+    # One all-gather of both views, then regrouped view-major: (2N, D) = view 1 of all N, view 2 of all N.
+    everyone = gather_with_grad(anchors)  # (W * 2n, D), rank-major
+    candidates = everyone.view(-1, 2, n, everyone.shape[1]).transpose(0, 1).reshape(-1, everyone.shape[1])
+    total = len(candidates) // 2  # N
+    own = rank() * n + torch.arange(n, device=anchors.device)  # this rank's images' places in the global batch
+    logits = anchors @ candidates.T / temperature  # (2n, 2N) cosine similarities
+    logits[torch.arange(2 * n, device=anchors.device), torch.cat([own, total + own])] = float("-inf")  # not its own negative
+    targets = torch.cat([total + own, own])  # view 1 of image i <-> view 2 of image i
     return F.cross_entropy(logits, targets)
 
 

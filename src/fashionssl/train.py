@@ -4,6 +4,11 @@ checkpoints, metrics, progress and the kNN monitor. It never asks which method i
 Reproducibility: `seed` fixes the model's initialisation; each epoch's data order and augmentation
 draw from generators seeded by (seed, epoch), so an epoch replays identically whether or not the
 run was interrupted before it, and resuming from an epoch checkpoint needs no RNG state.
+
+Several processes (torchrun, see docs/distributed.md): `batch_size` is the global batch; the data
+order is the same for any number of processes and each rank takes its shard of every global batch,
+augments it with its own random stream (seeded by seed, epoch and rank) and runs it through the
+DistributedDataParallel model. Rank 0 alone writes files, prints progress and runs the kNN monitor.
 """
 
 import dataclasses
@@ -21,6 +26,8 @@ from .checkpoint import load_checkpoint, load_into, resolve_checkpoint, save_che
 from .config import Config, config_from_dict
 from .data import FashionMNIST, load_fashion_mnist
 from .device import autocast_dtype, resolve_device
+from .distributed import (is_main_process, main_process_decides, mean_over_ranks, process_device,
+                          rank, shard_batches, sync_batchnorm, world_size)
 from .errors import UserError
 from .evaluate import accuracy, extract_features, knn_predict
 from .methods import Method, build_model
@@ -29,9 +36,10 @@ from .runlog import MetricsLog, versions, write_json
 from .schedules import warmup_cosine
 
 
-def stream_seed(seed: int, epoch: int, stream: int) -> int:
-    """A well-mixed 63-bit seed for one random stream (0: data order, 1: augmentation) of one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0] >> 1)
+def stream_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
+    """A well-mixed 63-bit seed for one random stream (0: data order, 1: augmentation) of one epoch
+    on one rank. Rank 0's seeds are those of a single process (SeedSequence ignores trailing zeros)."""
+    return int(np.random.SeedSequence([seed, epoch, stream, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -69,6 +77,58 @@ def all_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
 
 
+def uses_sync_batchnorm(cfg: Config, model: Method) -> bool:
+    """Whether BatchNorm should normalise with global-batch statistics: `cfg.sync_batchnorm`, or by
+    default in multi-process runs of methods that compare samples within a batch."""
+    if world_size() == 1:
+        return False
+    return model.needs_sync_batchnorm if cfg.sync_batchnorm is None else cfg.sync_batchnorm
+
+
+def build_training_model(cfg: Config, device: torch.device) -> Method:
+    """The configured method, initialised from `cfg.seed`, on `device`, with SyncBatchNorm where
+    `uses_sync_batchnorm` says so (its state dict is BatchNorm's: checkpoints move between world sizes)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    if uses_sync_batchnorm(cfg, model):
+        sync_batchnorm(model)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def training_forward(model: Method, device: torch.device, compile: bool) -> torch.nn.Module:
+    """What the loop calls forward on: with several processes the model wrapped in
+    DistributedDataParallel (which averages gradients over ranks), torch.compile'd when asked.
+    DDP also copies rank 0's buffers to the others before each forward: with per-rank BatchNorm the
+    running statistics are rank 0's; SyncBatchNorm's and MoCo's queue are equal everywhere anyway.
+    Methods that leave trainable parameters out of some steps' loss (`skips_parameters`) make DDP
+    look for them each step; otherwise it would stop at the next step.
+    """
+    if world_size() > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.skips_parameters)
+    return torch.compile(model) if compile else model
+
+
+def train_step(forward: torch.nn.Module, model: Method, optimizer: torch.optim.Optimizer, views: list[torch.Tensor],
+               labels: torch.Tensor, lr: float, step: int, total_steps: int,
+               amp: torch.dtype | None) -> tuple[float, dict[str, float]]:
+    """One optimizer step on this rank's share of the global batch. Returns the loss and the
+    method's extra logs as means over ranks: the global batch's values, the same on every rank."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(views[0].device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        loss, extras = forward(views, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.after_step(step, total_steps)
+    values = mean_over_ranks(torch.stack([loss.detach().float(), *(v.detach().float() for v in extras.values())]))
+    loss_value, *extra_values = values.tolist()
+    return loss_value, dict(zip(extras, extra_values))
+
+
 def knn_monitor(model: Method, data: FashionMNIST, aug: augment.AugmentConfig, cfg: Config,
                 device: torch.device, amp: torch.dtype | None) -> float:
     """kNN accuracy on the validation split with a bank of the first `knn_bank_size` training images."""
@@ -86,57 +146,60 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     continues after the last completed epoch.
     """
     state = None
-    if resume is not None:
-        state, cfg, checkpoint = resume_point(resume)
+    if resume is not None:  # rank 0 reads the checkpoint and sends it: only it needs the run directory
+        state, cfg, checkpoint = main_process_decides(lambda: resume_point(resume))
         run_dir = checkpoint.parent
     else:
         cfg = cfg or Config()
-        run_dir = new_run_dir(cfg)
-    device = resolve_device(cfg.device)
+        run_dir = main_process_decides(lambda: new_run_dir(cfg))
+    main = is_main_process()
+    device = process_device(resolve_device(cfg.device))
     amp = autocast_dtype(cfg.precision, device)
-    # Tiny gradients turn into denormal floats, which x86 CPUs process up to 7x slower (measured:
-    # fp32 steps swung between 180 and 1,300 images/s); flushing them to zero costs no accuracy.
-    torch.set_flush_denormal(True)
     data = load_fashion_mnist(cfg.data_dir, cfg.val_size, train_subset=cfg.train_subset)
     aug = augment.make_config(cfg.augment, **cfg.augment_options)
-    n, batch = len(data.train), cfg.batch_size
-    if batch > n:
-        raise UserError(f"batch_size {batch} is larger than the {n} training images; lower --batch-size")
-    steps_per_epoch = n // batch  # the last incomplete batch is dropped: contrastive losses want full batches
+    n, global_batch = len(data.train), cfg.batch_size
+    if global_batch > n:
+        raise UserError(f"batch_size {global_batch} is larger than the {n} training images; lower --batch-size")
+    if global_batch % world_size():
+        raise UserError(f"batch_size {global_batch} (the global batch) is not divisible by the {world_size()} "
+                        f"processes; choose a multiple of {world_size()}")
+    batch = global_batch // world_size()  # this process's share of each global batch
+    steps_per_epoch = n // global_batch  # the last incomplete batch is dropped: contrastive losses want full batches
     total_steps = steps_per_epoch * cfg.epochs
     lrs = warmup_cosine(cfg.lr, total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.final_lr).tolist()
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_training_model(cfg, device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay)
     start_epoch = 0
     if state is not None:
         load_into(model, state["model"], checkpoint, f"method {cfg.method!r} with encoder {cfg.encoder!r}")
         load_into(optimizer, state.get("optimizer"), checkpoint, f"optimizer {cfg.optimizer!r} for this model")
         start_epoch = state["epoch"]
-    else:
+    elif main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create run directory {run_dir}: {e.strerror}") from None
         write_json(run_dir / "config.json", dataclasses.asdict(cfg))
         write_json(run_dir / "versions.json", versions(device))
-    forward = torch.compile(model) if cfg.compile else model
+    forward = training_forward(model, device, cfg.compile)
 
     images, labels = data.train.images.to(device), data.train.labels.to(device)
     # Lines past the last checkpoint (left by a killed attempt) are dropped: those steps run again.
-    log = MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch)
-    bar = tqdm(total=(cfg.epochs - start_epoch) * steps_per_epoch * batch, unit="img", unit_scale=True,
-               dynamic_ncols=True, mininterval=1.0, disable=None)
+    log = MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch) if main else None
+    bar = tqdm(total=(cfg.epochs - start_epoch) * steps_per_epoch * global_batch, unit="img", unit_scale=True,
+               dynamic_ncols=True, mininterval=1.0, disable=None if main else True)
     saved_epoch = start_epoch
+    # Tiny gradients turn into denormal floats, which x86 CPUs process up to 7x slower (measured:
+    # fp32 steps swung between 180 and 1,300 images/s); flushing them to zero costs no accuracy.
+    # Process-wide, so it is switched off again when training ends.
+    torch.set_flush_denormal(True)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             order = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(cfg.seed, epoch, 0)))
-            order = order.to(device)
-            aug_generator = torch.Generator(device).manual_seed(stream_seed(cfg.seed, epoch, 1))
+            order = shard_batches(order, global_batch).to(device)
+            aug_generator = torch.Generator(device).manual_seed(stream_seed(cfg.seed, epoch, 1, rank()))
             epoch_start, window_start = time.perf_counter(), time.perf_counter()
             loss_sum, extras_sum = 0.0, {}
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
@@ -146,40 +209,33 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
                 views = augment.views(images[index], aug, aug_generator, model.view_spec)
                 if cfg.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                for group in optimizer.param_groups:
-                    group["lr"] = lrs[step]
-                with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                    loss, extras = forward(views, labels[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                model.after_step(step, total_steps)
-
-                loss_value = loss.item()
+                loss_value, extras = train_step(forward, model, optimizer, views, labels[index], lrs[step], step,
+                                                total_steps, amp)
                 if not math.isfinite(loss_value):
                     raise UserError(f"loss became {loss_value} at step {step + 1} (epoch {epoch + 1}); run stopped. "
                                     f"{last_good(run_dir, epoch)} Try a lower --lr.")
                 loss_sum += loss_value
                 for name, value in extras.items():
-                    extras_sum[name] = extras_sum.get(name, 0.0) + value.detach().float()
-                bar.update(batch)
-                if (step + 1) % cfg.log_every == 0:
+                    extras_sum[name] = extras_sum.get(name, 0.0) + value
+                bar.update(global_batch)
+                if main and (step + 1) % cfg.log_every == 0:
                     now = time.perf_counter()
-                    speed = cfg.log_every * batch / (now - window_start)
+                    speed = cfg.log_every * global_batch / (now - window_start)
                     window_start = now
                     bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lrs[step]:.2e}", refresh=False)
-                    log.log(step + 1, loss=loss_value, lr=lrs[step], images_per_s=speed,
-                            **{k: float(v) for k, v in extras.items()})
+                    log.log(step + 1, loss=loss_value, lr=lrs[step], images_per_s=speed, **extras)
 
             epoch_time = time.perf_counter() - epoch_start
             summary = {"epoch": epoch + 1, "epoch_loss": loss_sum / steps_per_epoch, "epoch_seconds": epoch_time,
-                       "epoch_images_per_s": steps_per_epoch * batch / epoch_time,
-                       **{f"epoch_{name}": value.item() / steps_per_epoch for name, value in extras_sum.items()}}
-            if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs) and len(data.val):
-                summary["knn_val_acc"] = knn_monitor(model, data, aug, cfg, device, amp)
+                       "epoch_images_per_s": steps_per_epoch * global_batch / epoch_time,
+                       **{f"epoch_{name}": value / steps_per_epoch for name, value in extras_sum.items()}}
             if not all_finite(model):
                 raise UserError(f"weights or BatchNorm statistics became non-finite during epoch {epoch + 1} (the loss "
                                 f"stayed finite); run stopped. {last_good(run_dir, epoch)} Try a lower --lr.")
+            if not main:  # the other ranks go on to the next epoch and wait for rank 0 in its first step
+                continue
+            if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs) and len(data.val):
+                summary["knn_val_acc"] = knn_monitor(model, data, aug, cfg, device, amp)
             save_checkpoint(run_dir / "checkpoint.pt", {
                 "config": dataclasses.asdict(cfg), "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -192,6 +248,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     except KeyboardInterrupt:  # Ctrl-C: say where the completed epochs are
         raise KeyboardInterrupt(f"interrupted in epoch {saved_epoch + 1}. {last_good(run_dir, saved_epoch)}") from None
     finally:
+        torch.set_flush_denormal(False)
         bar.close()
-        log.close()
+        if log:
+            log.close()
     return run_dir

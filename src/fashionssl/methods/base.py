@@ -25,6 +25,13 @@ class Method(nn.Module):
     view_spec: ViewSpec = ViewSpec()  # the augmented views of each image the loop passes to forward
     uses_labels: bool = False  # True when training sees the labels (supervised, clip); tables mark it
     label_use: str = "uses labels"  # how, in the words a table title shows
+    # Whether multi-process runs use SyncBatchNorm by default: True where the loss compares the
+    # samples of a batch (per-rank statistics would then change the loss and can leak which views
+    # belong together); False where per-sample losses do as well with per-rank statistics.
+    needs_sync_batchnorm: bool = True
+    # True if some trainable parameters can be left out of a step's loss (e.g. frozen by detaching
+    # them for the first steps): multi-process training must then look for them at every step.
+    skips_parameters: bool = False
 
     def __init__(self, backbone: nn.Module):
         super().__init__()

@@ -13,7 +13,7 @@ nothing a transformer would find; it costs almost nothing next to the image enco
 trains in a few hundred steps.
 
 Reproducibility: captions are drawn from a generator seeded afresh each step from
-(caption_seed, step, rank). caption_seed is drawn at construction from the global RNG (which the
+(caption_seed, step), for the global batch (see sample_captions). caption_seed is drawn at construction from the global RNG (which the
 loop seeds with cfg.seed) and `step` is set after every optimizer step from the loop's global step;
 both are buffers, saved in the checkpoint, so a resumed run draws the same captions bitwise.
 """
@@ -27,7 +27,7 @@ from torch import nn
 
 from ..augment import ViewSpec
 from ..captions import VOCAB, CaptionSampler, prompts, tokenize
-from ..distributed import rank
+from ..distributed import gather, rank
 from ..heads import mlp_head
 from ..losses import clip_loss
 from .base import Method, check_option, check_size
@@ -74,9 +74,13 @@ class CLIP(Method):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # optimizer steps taken
 
     def sample_captions(self, labels: torch.Tensor) -> torch.Tensor:
-        """This step's captions (B, L) for `labels`: a function of (caption_seed, step, rank, labels) only."""
-        seed = np.random.SeedSequence([self.caption_seed.item(), self.step.item(), rank()]).generate_state(1, np.uint64)
-        return self.captions(labels, torch.Generator(labels.device).manual_seed(int(seed[0] >> 1)))
+        """This step's captions (B, L) for `labels`: a function of (caption_seed, step) and the global
+        batch's labels only. Under torchrun every rank draws the captions of the whole global batch
+        (labels gathered; a few kB) and keeps its own rows, so N processes draw exactly the captions
+        one process would."""
+        seed = np.random.SeedSequence([self.caption_seed.item(), self.step.item()]).generate_state(1, np.uint64)
+        captions = self.captions(gather(labels), torch.Generator(labels.device).manual_seed(int(seed[0] >> 1)))
+        return captions[rank() * len(labels):(rank() + 1) * len(labels)]
 
     def forward(self, views, labels):
         image = self.image_projector(self.backbone(views[0]))  # (N, embed_dim)

@@ -8,13 +8,16 @@ augmentation; here the loss is also symmetrised over the two views and both view
 enqueued, as in the official CIFAR demo.
 
 BatchNorm: the official code shuffles the key batch across GPUs ("shuffling BN") so the key
-encoder's batch statistics cannot leak which query belongs to which key. Training here is a single
-process, so there is nothing to shuffle across: the key encoder sees both views in one batch, like
-the query encoder. DDP (with shuffled BN and gathered keys) is future work.
+encoder's batch statistics cannot leak which query belongs to which key. Here the key encoder
+sees both views in one batch, like the query encoder, and with several processes its BatchNorm is
+SyncBatchNorm (the default for MoCo, see distributed.py): statistics of the whole global batch, as
+in one process, so there is no per-GPU batch to leak through. The keys of every rank are gathered
+into the queue, so all ranks hold the same queue.
 """
 
 import torch
 
+from ..distributed import gather
 from ..heads import mlp_head
 from ..losses import info_nce
 from .base import Method, check_option, check_size, ema_update, frozen_copy, target_momentum
@@ -52,8 +55,8 @@ class MoCo(Method):
         queue = self.queue  # (K, out_dim) negatives: keys of earlier steps
         # Symmetric: view 1's query against view 2's key, and the other way round.
         loss = info_nce(q[:n], k[n:], queue, self.temperature) + info_nce(q[n:], k[:n], queue, self.temperature)
-        if self.training:
-            self._new_keys = torch.nn.functional.normalize(k, dim=1)
+        if self.training:  # every rank's keys, view by view: the global batch's order, whatever the world size
+            self._new_keys = torch.cat([gather(keys) for keys in torch.nn.functional.normalize(k, dim=1).split(n)])
         return loss, {}
 
     @torch.no_grad()

@@ -34,6 +34,7 @@ class Rotation(Method):
     head takes that specialisation off the backbone's output, as a projection head does for SimCLR."""
 
     view_spec = ViewSpec(global_views=1)
+    needs_sync_batchnorm = False  # a per-sample loss: per-rank BatchNorm statistics do
 
     def __init__(self, backbone, hidden_dim: int = 512):
         super().__init__(backbone)

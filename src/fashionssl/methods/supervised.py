@@ -17,6 +17,7 @@ class Supervised(Method):
     """Options: label_smoothing of the cross entropy (0 = plain cross entropy)."""
 
     view_spec = ViewSpec(global_views=1)
+    needs_sync_batchnorm = False  # a per-sample loss: per-rank BatchNorm statistics do
     uses_labels = True
 
     def __init__(self, backbone, label_smoothing: float = 0.0):

@@ -27,6 +27,8 @@ class SwAV(Method):
     far below K); hidden_dim/out_dim of the projector; local_crops, local_size and local_scale of
     multi-crop."""
 
+    skips_parameters = True  # the prototypes are left out of the loss while frozen
+
     def __init__(self, backbone, prototypes: int = 300, temperature: float = 0.1, epsilon: float = 0.05,
                  sinkhorn_iterations: int = 3, freeze_prototypes_steps: int = 100, queue_length: int = 0,
                  queue_start_steps: int = 0, hidden_dim: int = 512, out_dim: int = 128, local_crops: int = 4,
