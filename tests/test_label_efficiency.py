@@ -77,8 +77,9 @@ def test_bad_fractions_are_user_errors(text):
     (["--label-fractions", "ten"], ["'ten'", "not a number"]),
     (["--label-fractions", ""], ["no label fractions"]),
     (["--finetune"], ["--finetune", "--label-fractions"]),
+    (["--finetune-steps", "100"], ["--finetune-steps", "--label-fractions"]),
     (["--label-fractions", "0.1", "--finetune-steps", "0"], ["steps", "--finetune-steps"]),
-], ids=["zero", "above-one", "not-a-number", "empty", "finetune-alone", "zero-steps"])
+], ids=["zero", "above-one", "not-a-number", "empty", "finetune-alone", "steps-alone", "zero-steps"])
 def test_cli_bad_label_fractions_exit_2_with_one_line(argv, words, tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nowhere"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()

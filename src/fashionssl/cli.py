@@ -55,8 +55,9 @@ def label_fractions_from_args(args: argparse.Namespace):
     from .label_efficiency import LabelFractions, parse_fractions
 
     if args.label_fractions is None:
-        if args.finetune:
-            raise UserError("--finetune fine-tunes on label subsets: add --label-fractions, e.g. 0.01,0.1,1.0")
+        if args.finetune or args.finetune_steps is not None:
+            raise UserError("--finetune and --finetune-steps work on label subsets: add --label-fractions, "
+                            "e.g. --label-fractions 0.01,0.1,1.0")
         return None
     steps = LabelFractions.steps if args.finetune_steps is None else args.finetune_steps
     return LabelFractions(parse_fractions(args.label_fractions), finetune=args.finetune, steps=steps)

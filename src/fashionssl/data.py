@@ -215,7 +215,8 @@ def stratified_order(labels: torch.Tensor, generator: torch.Generator) -> torch.
     sorted by that key, any prefix holds every class in proportion to its size (exactly 500 per
     class for a 5,000 prefix of Fashion-MNIST's 6,000 per class). Equal keys are ordered by a
     second shuffle so that the classes do not repeat in a fixed pattern. Both the validation split
-    and `train_subset` are prefixes of this order, so a quick trial still sees every class.
+    and `train_subset` are prefixes of this order, so a quick trial still sees every class; so are
+    the label subsets of `label_efficiency`, which makes them nested.
     """
     n = len(labels)
     perm = torch.randperm(n, generator=generator)
