@@ -25,7 +25,8 @@ from fashionssl.label_efficiency import (
     train_classifier,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+# No single_thread here: the shared `trained_run` may be built by this module, and test_train checks
+# that a rerun with the default thread count reproduces it bit for bit.
 
 
 def balanced_labels(per_class: int, seed: int = 0) -> torch.Tensor:
