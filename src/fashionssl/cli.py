@@ -66,6 +66,18 @@ def config_from_args(args: argparse.Namespace):
     return None
 
 
+def label_fractions_from_args(args: argparse.Namespace):
+    from .label_efficiency import LabelFractions, parse_fractions
+
+    if args.label_fractions is None:
+        if args.finetune or args.finetune_steps is not None:
+            raise UserError("--finetune and --finetune-steps work on label subsets: add --label-fractions, "
+                            "e.g. --label-fractions 0.01,0.1,1.0")
+        return None
+    steps = LabelFractions.steps if args.finetune_steps is None else args.finetune_steps
+    return LabelFractions(parse_fractions(args.label_fractions), finetune=args.finetune, steps=steps)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fashionssl", description="Self-supervised representation learning on Fashion-MNIST.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -80,6 +92,13 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir")
     ev.add_argument("--device")
     ev.add_argument("--out", metavar="FILE.json", help="results file (default: results.json beside the checkpoint)")
+    ev.add_argument("--label-fractions", metavar="F,F,...",
+                    help="also probe on stratified subsets of the labels, e.g. 0.01,0.1,1.0, beside the same encoder "
+                         "trained from scratch on each subset")
+    ev.add_argument("--finetune", action="store_true", help="with --label-fractions: also fine-tune the whole encoder")
+    ev.add_argument("--finetune-steps", type=int, metavar="N",
+                    help="optimisation steps (batch 256) of each fine-tuning and from-scratch run, whatever the "
+                         "subset size (default 500)")
     bench = sub.add_parser("bench", help="compare methods at one budget against raw-pixel and untrained baselines",
                            description="Pretrain and evaluate each method with the same data, augmentation, encoder "
                                        "and epochs (default: every method, 10 epochs of the main job's recipe); writes "
@@ -139,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             print(bench(args.out, methods, args.config, flags, args.report))
             return 0
         if args.command == "evaluate":
-            print(results_table(evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.out)))
+            fractions = label_fractions_from_args(args)
+            print(results_table(evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.out, fractions)))
             return 0
         if args.command == "report":
             from .report import write_report

@@ -208,14 +208,15 @@ def _read_split(directory: Path, images_key: str, labels_key: str) -> Split:
     return Split(images, labels)
 
 
-def _stratified_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def stratified_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A random permutation of ``range(len(labels))`` whose every prefix is class-stratified.
 
     Each item's key is its rank within its class (in a random order) divided by the class size;
     sorted by that key, any prefix holds every class in proportion to its size (exactly 500 per
     class for a 5,000 prefix of Fashion-MNIST's 6,000 per class). Equal keys are ordered by a
     second shuffle so that the classes do not repeat in a fixed pattern. Both the validation split
-    and `train_subset` are prefixes of this order, so a quick trial still sees every class.
+    and `train_subset` are prefixes of this order, so a quick trial still sees every class; so are
+    the label subsets of `label_efficiency`, which makes them nested.
     """
     n = len(labels)
     perm = torch.randperm(n, generator=generator)
@@ -250,7 +251,7 @@ def load_fashion_mnist(
             f"validation size {val_size} is out of range: pass 0 to {len(official) - 1} "
             f"(it is carved from the {len(official)} training images in {directory})"
         )
-    order = _stratified_order(official.labels, torch.Generator().manual_seed(split_seed))
+    order = stratified_order(official.labels, torch.Generator().manual_seed(split_seed))
     val_idx, train_idx = order[:val_size], order[val_size:]
     if train_subset is not None:
         if not 1 <= train_subset <= len(train_idx):

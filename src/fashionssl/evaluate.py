@@ -9,6 +9,7 @@ Wu et al. (2018). The test split is used once, for the reported numbers.
 
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ from .data import FashionMNIST, load_fashion_mnist
 from .device import autocast_dtype, resolve_device
 from .methods import Method, build_model
 from .runlog import write_json
+
+if TYPE_CHECKING:
+    from .label_efficiency import LabelFractions
 
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 NUM_CLASSES = 10
@@ -142,9 +146,11 @@ def evaluate_features(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch
 
 def evaluate_backbone(backbone: nn.Module, data: FashionMNIST, aug: AugmentConfig, device: torch.device,
                       batch_size: int = 1024, autocast_dtype: torch.dtype | None = None,
-                      extra_evaluation: Callable[[dict], dict] | None = None) -> dict:
-    """Extract features of every split once, then probe and kNN (and `extra_evaluation` of the
-    features by split name, see Method.extra_evaluation); returns results with timings."""
+                      extra_evaluation: Callable[[dict], dict] | None = None,
+                      label_fractions: "LabelFractions | None" = None) -> dict:
+    """Extract features of every split once, then probe and kNN, `extra_evaluation` of the features
+    by split name (see Method.extra_evaluation) and, with `label_fractions`, the label-efficiency
+    comparison on the same features; returns results with timings."""
     start = time.perf_counter()
     splits = [
         (extract_features(backbone, s.images, aug, device, batch_size, autocast_dtype), s.labels.to(device))
@@ -163,6 +169,12 @@ def evaluate_backbone(backbone: nn.Module, data: FashionMNIST, aug: AugmentConfi
         feature_seconds=round(extracted - start, 2),
         eval_seconds=round(time.perf_counter() - start, 2),
     )
+    if label_fractions is not None:
+        from .label_efficiency import label_fraction_results  # imported here: it builds on this module
+
+        results["label_fractions_protocol"] = label_fractions.protocol()
+        results["label_fractions"] = label_fraction_results(label_fractions, backbone, data, splits, results, aug,
+                                                            device, autocast_dtype)
     return results
 
 
@@ -176,8 +188,10 @@ def load_trained(checkpoint: str | Path) -> tuple[Config, Method, int]:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | None = None, device: str | None = None,
-                        out: str | Path | None = None) -> dict:
-    """Evaluate a pretraining checkpoint's backbone; writes results.json beside it (or to `out`)."""
+                        out: str | Path | None = None, label_fractions: "LabelFractions | None" = None) -> dict:
+    """Evaluate a pretraining checkpoint's backbone; writes results.json beside it (or to `out`).
+    With `label_fractions`, results also compare probe, fine-tuning and training from scratch on
+    subsets of the labels (see label_efficiency.py)."""
     cfg, model, epochs = load_trained(checkpoint)
     path = resolve_checkpoint(checkpoint)
     dev = resolve_device(device or cfg.device)
@@ -189,7 +203,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | None = None, dev
         results["label_use"] = model.label_use
     model.to(dev)
     results.update(evaluate_backbone(model.backbone, data, aug, dev, cfg.eval_batch_size,
-                                     autocast_dtype(cfg.precision, dev), model.extra_evaluation))
+                                     autocast_dtype(cfg.precision, dev), model.extra_evaluation,
+                                     label_fractions))
     write_json(Path(out) if out else path.parent / "results.json", results)
     return results
 
@@ -208,4 +223,20 @@ def results_table(results: dict) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"| {title:<{width}} | accuracy |", f"|{'-' * (width + 2)}|----------|"]
     lines += [f"| {name:<{width}} | {value:>8} |" for name, value in rows]
+    if "label_fractions" in results:
+        lines += ["", label_fractions_table(results["label_fractions"])]
+    return "\n".join(lines)
+
+
+def label_fractions_table(by_fraction: dict) -> str:
+    """Test accuracy per label fraction: probe, fine-tuning (when run) and training from scratch."""
+    columns = [("linear probe", "probe_test_acc"), ("fine-tune", "finetune_test_acc"),
+               ("from scratch", "scratch_test_acc")]
+    columns = [c for c in columns if any(c[1] in row for row in by_fraction.values())]
+    lines = ["| labels | train + val | " + " | ".join(name for name, _ in columns) + " |",
+             "|-------:|------------:|" + "|".join("-" * (len(name) + 1) + ":" for name, _ in columns) + "|"]
+    for fraction, row in by_fraction.items():
+        cells = [f"{100 * row[key]:.2f}%".rjust(len(name)) for name, key in columns]
+        lines.append(f"| {100 * float(fraction):>5g}% | {row['n_train_labels']:>5} + {row['n_val_labels']:<3} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""Label efficiency: how good is the encoder when only a fraction of the labels exists?
+
+For each fraction f of the labels, a stratified subset of the training split (f of it, at least one
+image per class) is what a classifier may learn from, and a stratified subset of the validation
+split (f of it, at least `MIN_VAL_PER_CLASS` per class) is all there is to choose hyper-parameters
+on: a user with 600 labels does not also have 5,000 labelled validation images. The subsets are
+prefixes of one seeded stratified order of each split, so they are nested (the 1% subset lies inside
+the 10% one) and the same for the same seed.
+
+Three classifiers per fraction, each scored on the test set once:
+- probe: `evaluate.linear_probe` on the frozen features (extracted once for every fraction), its
+  weight decay chosen on the validation subset, refitted on the training + validation subsets;
+- fine-tune (optional): the pretrained encoder and a linear head trained together on the subset;
+- scratch: the same routine from a random initialisation of the same architecture, the
+  supervised-from-scratch baseline that self-supervision has to beat.
+
+Fine-tuning runs a fixed number of optimisation steps whatever the subset size (600 images would be
+under-trained by any epoch count that suits 55,000): AdamW with warm-up and cosine decay, one
+augmented view per image (the run's augmentation made lighter, `FINETUNE_AUGMENT`), batches drawn
+from successive shuffles of the subset. Its settings are fixed, not chosen on validation; the
+validation-subset accuracy is reported beside the test accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import augment
+from .data import FashionMNIST, Split, stratified_order
+from .errors import UserError
+from .evaluate import NUM_CLASSES, accuracy, extract_features, linear_probe
+from .optim import build_optimizer
+from .schedules import warmup_cosine
+
+MIN_VAL_PER_CLASS = 10
+# Lighter than pretraining's views: a classifier learns from what the crop keeps, and blur hides it.
+FINETUNE_AUGMENT = {"crop_scale": (0.5, 1.0), "blur_p": 0.0}
+EXAMPLE = "pass fractions of the labels in (0, 1], e.g. --label-fractions 0.01,0.1,1.0"
+
+
+@dataclass(frozen=True)
+class LabelFractions:
+    """What `fashionssl evaluate --label-fractions` runs; the module docstring has the protocol."""
+
+    fractions: tuple[float, ...]
+    finetune: bool = False  # also fine-tune the pretrained encoder (the scratch baseline always runs)
+    steps: int = 500  # optimisation steps of every fine-tuning and scratch run (233 epochs of 1%, 2.3 of 100%)
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05  # AdamW's decoupled decay, on weights only (not biases and norms)
+    seed: int = 0  # subsets, initialisation, batch order and augmentation
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fractions", check_fractions(self.fractions))
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"fine-tuning {name} must be an integer >= 1, got {value!r}; fix --finetune-steps")
+
+    def protocol(self) -> str:
+        return "; ".join([
+            "training subset: a stratified fraction of the training split (at least 1 per class); validation "
+            f"subset: the same fraction of the validation split (at least {MIN_VAL_PER_CLASS} per class), the only "
+            f"labels used to choose anything; subsets nested, seed {self.seed}",
+            "probe: frozen features, weight decay chosen on the validation subset, refit on training + validation "
+            "subsets",
+            f"fine-tune and scratch: encoder + linear head trained on the training subset, AdamW lr {self.lr:g}, "
+            f"weight decay {self.weight_decay:g}, {self.steps} steps of batch {self.batch_size} whatever the "
+            f"subset size (fixed, not chosen on validation), warm-up + cosine, one augmented view per image "
+            f"(the run's augmentation with {FINETUNE_AUGMENT}); scratch = the same architecture, randomly initialised",
+            "test split used once per fraction and classifier",
+        ])
+
+
+def check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
+    """Sorted, de-duplicated fractions, each a number in (0, 1]; anything else is a UserError."""
+    if not fractions:
+        raise UserError(f"no label fractions given; {EXAMPLE}")
+    for f in fractions:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise UserError(f"label fraction {f!r} is not in (0, 1]; {EXAMPLE}")
+    return tuple(sorted({float(f) for f in fractions}))
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """'0.01,0.1,1.0' -> (0.01, 0.1, 1.0), checked by `check_fractions`."""
+    values = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise UserError(f"label fraction {part!r} is not a number; {EXAMPLE}") from None
+    return check_fractions(values)
+
+
+def subset_size(n: int, fraction: float, minimum: int) -> int:
+    """round(fraction * n), raised to `minimum` and capped at n."""
+    return min(n, max(minimum, round(fraction * n)))
+
+
+def stratified_subset(labels: torch.Tensor, fraction: float, seed: int, minimum: int = NUM_CLASSES) -> torch.Tensor:
+    """Sorted indices of a stratified `fraction` of `labels` (at least `minimum` of them): a prefix of a
+    seeded stratified order, so for one seed a smaller fraction's subset lies inside a larger one's,
+    and fraction 1 gives every index in order (the full-label data, exactly)."""
+    order = stratified_order(labels, torch.Generator().manual_seed(seed))
+    return order[:subset_size(len(labels), fraction, minimum)].sort().values
+
+
+def label_subsets(data: FashionMNIST, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, validation indices) of one fraction."""
+    return (stratified_subset(data.train.labels, fraction, seed),
+            stratified_subset(data.val.labels, fraction, seed, MIN_VAL_PER_CLASS * NUM_CLASSES))
+
+
+def take(split: Split, index: torch.Tensor) -> Split:
+    return Split(split.images[index], split.labels[index])
+
+
+def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()` with torch's global RNG seeded by `seed`, restoring the caller's RNG state after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def reinitialised(backbone: nn.Module, seed: int) -> nn.Module:
+    """A copy of `backbone` whose every layer is reset (weights drawn afresh, BatchNorm statistics
+    cleared): the same architecture as before any training."""
+    def build() -> nn.Module:
+        fresh = copy.deepcopy(backbone)
+        for module in fresh.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        return fresh
+    return seeded(seed, build)
+
+
+def batch_indices(n: int, steps: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """(steps, batch) indices into n items: successive random permutations, cut into batches."""
+    epochs = math.ceil(steps * batch_size / n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(epochs)])
+    return order[:steps * batch_size].view(steps, batch_size)
+
+
+def train_classifier(backbone: nn.Module, train: Split, aug: augment.AugmentConfig, device: torch.device,
+                     settings: LabelFractions, autocast_dtype: torch.dtype | None = None,
+                     desc: str = "fine-tune") -> nn.Sequential:
+    """Train `backbone` (modified in place) and a new linear head together on `train` with cross
+    entropy; returns the classifier (backbone, head) in eval mode, mapping images to logits."""
+    head = seeded(settings.seed, lambda: nn.Linear(backbone.feature_dim, NUM_CLASSES))
+    model = nn.Sequential(backbone, head).to(device).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer("adamw", model, settings.lr, settings.weight_decay)
+    lrs = warmup_cosine(settings.lr, settings.steps, settings.steps // 20).tolist()
+    batch = min(settings.batch_size, len(train))
+    order = batch_indices(len(train), settings.steps, batch, torch.Generator().manual_seed(settings.seed)).to(device)
+    images, labels = train.images.to(device), train.labels.to(device)
+    generator = torch.Generator(device).manual_seed(settings.seed)
+    model.train()
+    for step in tqdm(range(settings.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0,
+                     leave=False, disable=None):
+        index = order[step]
+        x = augment.views(images[index], aug, generator, 1)[0].contiguous(memory_format=torch.channels_last)
+        for group in optimizer.param_groups:
+            group["lr"] = lrs[step]
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            loss = F.cross_entropy(model(x).float(), labels[index])
+        if not torch.isfinite(loss):
+            raise UserError(f"{desc}: loss became {loss.item()} at step {step + 1}; lower the fine-tuning lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def classifier_accuracy(model: nn.Module, split: Split, aug: augment.AugmentConfig, device: torch.device,
+                        autocast_dtype: torch.dtype | None = None) -> float:
+    logits = extract_features(model, split.images, aug, device, autocast_dtype=autocast_dtype)
+    return accuracy(logits.argmax(1), split.labels.to(device))
+
+
+def label_fraction_results(settings: LabelFractions, backbone: nn.Module, data: FashionMNIST,
+                           splits: Sequence[tuple[torch.Tensor, torch.Tensor]], full_label_probe: dict,
+                           aug: augment.AugmentConfig, device: torch.device,
+                           autocast_dtype: torch.dtype | None = None) -> dict:
+    """{fraction: results} for every fraction. `splits` are the (features, labels) of train, val and
+    test already extracted from `backbone`, `full_label_probe` the `linear_probe` results on all of
+    them (what a fraction with every label gets, without fitting it again). `backbone` is not
+    modified: fine-tuning works on a copy."""
+    (train_x, train_y), (val_x, val_y), test = splits
+    train_aug = dataclasses.replace(aug, **FINETUNE_AUGMENT)
+    results = {}
+    for fraction in settings.fractions:
+        start = time.perf_counter()
+        train_idx, val_idx = label_subsets(data, fraction, settings.seed)
+        train_dev, val_dev = train_idx.to(train_x.device), val_idx.to(val_x.device)
+        if len(train_idx) == len(train_y) and len(val_idx) == len(val_y):
+            probe = full_label_probe  # the subsets are the whole splits, in order: the same fit
+        else:
+            probe = linear_probe((train_x[train_dev], train_y[train_dev]), (val_x[val_dev], val_y[val_dev]), test)
+        row = {"n_train_labels": len(train_idx), "n_val_labels": len(val_idx),
+               "n_labels": len(train_idx) + len(val_idx),
+               "probe_test_acc": probe["linear_probe_test_acc"], "probe_val_acc": probe["linear_probe_val_acc"],
+               "weight_decay": probe["linear_probe_weight_decay"]}
+        train, val = take(data.train, train_idx), take(data.val, val_idx)
+        runs = {"scratch": reinitialised(backbone, settings.seed)}
+        if settings.finetune:
+            runs = {"finetune": copy.deepcopy(backbone), **runs}
+        for name, start_from in runs.items():
+            model = train_classifier(start_from, train, train_aug, device, settings, autocast_dtype,
+                                     desc=f"{name} {fraction:g}")
+            row[f"{name}_val_acc"] = classifier_accuracy(model, val, aug, device, autocast_dtype)
+            row[f"{name}_test_acc"] = classifier_accuracy(model, data.test, aug, device, autocast_dtype)
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        results[f"{fraction:g}"] = row
+    return results

@@ -1,0 +1,151 @@
+"""Tests for fashionssl.label_efficiency: stratified, nested, seeded label subsets; fraction parsing
+and its CLI errors; fine-tuning from a random initialisation; and one small real run of
+`evaluate --label-fractions --finetune` that must produce every result key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fashionssl.cli import main
+from fashionssl.data import Split, load_fashion_mnist
+from fashionssl.encoders import build_encoder
+from fashionssl.augment import make_config
+from fashionssl.errors import UserError
+from fashionssl.evaluate import evaluate_checkpoint, results_table
+from fashionssl.label_efficiency import (
+    LabelFractions,
+    classifier_accuracy,
+    label_subsets,
+    parse_fractions,
+    reinitialised,
+    stratified_subset,
+    train_classifier,
+)
+
+# No single_thread here: the shared `trained_run` may be built by this module, and test_train checks
+# that a rerun with the default thread count reproduces it bit for bit.
+
+
+def balanced_labels(per_class: int, seed: int = 0) -> torch.Tensor:
+    """Labels shaped like Fashion-MNIST's training split after carving validation: equal classes, shuffled."""
+    labels = torch.arange(10).repeat_interleave(per_class)
+    return labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
+
+
+def test_one_percent_of_the_training_split_is_55_per_class():
+    labels = balanced_labels(5500)  # 55,000 training images once 5,000 are carved for validation
+    subset = stratified_subset(labels, 0.01, seed=0)
+    assert len(subset) == 550 and len(set(subset.tolist())) == 550
+    assert torch.bincount(labels[subset], minlength=10).tolist() == [55] * 10
+    assert torch.bincount(labels[stratified_subset(labels, 0.1, seed=0)], minlength=10).tolist() == [550] * 10
+
+
+def test_subsets_are_nested_seeded_and_the_whole_split_at_one():
+    labels = balanced_labels(300)
+    small, large = (set(stratified_subset(labels, f, seed=3).tolist()) for f in (0.01, 0.1))
+    assert small < large
+    assert stratified_subset(labels, 0.1, seed=3).tolist() == stratified_subset(labels, 0.1, seed=3).tolist()
+    assert set(stratified_subset(labels, 0.1, seed=4).tolist()) != large
+    assert stratified_subset(labels, 1.0, seed=3).tolist() == list(range(len(labels)))
+
+
+def test_subsets_keep_a_minimum_per_class():
+    labels = balanced_labels(500)  # the 5,000 validation images
+    assert len(stratified_subset(labels, 0.001, seed=0)) == 10  # at least one per class by default
+    assert torch.bincount(labels[stratified_subset(labels, 0.001, seed=0)]).tolist() == [1] * 10
+    val = stratified_subset(labels, 0.01, seed=0, minimum=100)  # 1% would be 50: 10 per class instead
+    assert torch.bincount(labels[val], minlength=10).tolist() == [10] * 10
+
+
+@pytest.mark.parametrize("text, expected", [("0.01,0.1,1.0", (0.01, 0.1, 1.0)), (" 1, 0.5 ,0.5,", (0.5, 1.0)),
+                                            ("1", (1.0,))])
+def test_parse_fractions(text, expected):
+    assert parse_fractions(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "1.5", "-0.1", "abc", "", " , ", "nan", "inf", "0.1,,x"])
+def test_bad_fractions_are_user_errors(text):
+    with pytest.raises(UserError, match="label fraction"):
+        parse_fractions(text)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--label-fractions", "0"], ["label fraction", "(0, 1]"]),
+    (["--label-fractions", "2"], ["2.0", "(0, 1]"]),
+    (["--label-fractions", "ten"], ["'ten'", "not a number"]),
+    (["--label-fractions", ""], ["no label fractions"]),
+    (["--finetune"], ["--finetune", "--label-fractions"]),
+    (["--finetune-steps", "100"], ["--finetune-steps", "--label-fractions"]),
+    (["--label-fractions", "0.1", "--finetune-steps", "0"], ["steps", "--finetune-steps"]),
+], ids=["zero", "above-one", "not-a-number", "empty", "finetune-alone", "steps-alone", "zero-steps"])
+def test_cli_bad_label_fractions_exit_2_with_one_line(argv, words, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nowhere"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fashionssl: error: ")
+    for word in words:
+        assert word in err[0]
+
+
+def test_reinitialised_copy_is_fresh_seeded_and_leaves_the_original():
+    torch.manual_seed(0)
+    original = build_encoder("cnn-bn")
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+    state = torch.random.get_rng_state()
+    a, b = reinitialised(original, seed=1), reinitialised(original, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
+    for key, value in original.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+        torch.testing.assert_close(a.state_dict()[key], b.state_dict()[key])
+    assert not torch.allclose(a.features[0].weight, original.features[0].weight)
+
+
+@pytest.fixture(scope="module")
+def small_data(small_data_dir):
+    return load_fashion_mnist(small_data_dir, val_size=500)
+
+
+def test_training_from_scratch_changes_the_weights_and_beats_chance(small_data):
+    backbone = reinitialised(build_encoder("cnn-bn"), seed=0)
+    before = [p.detach().clone() for p in backbone.parameters()]
+    train = Split(small_data.train.images[:500], small_data.train.labels[:500])
+    aug = make_config("default", crop_scale=(0.5, 1.0), blur_p=0.0)
+    model = train_classifier(backbone, train, aug, torch.device("cpu"), LabelFractions((1.0,), steps=20, batch_size=64))
+    assert model[0] is backbone and not model.training
+    assert all(not torch.equal(p, q) for p, q in zip(before, backbone.parameters()))
+    test = Split(small_data.test.images[:500], small_data.test.labels[:500])
+    assert classifier_accuracy(model, test, aug, torch.device("cpu")) > 0.4  # chance: 0.1; measured 0.69
+
+
+def test_evaluate_with_label_fractions_writes_every_key(trained_run, tmp_path):
+    _, run_dir = trained_run
+    settings = LabelFractions((1.0, 0.1), finetune=True, steps=5, batch_size=32)
+    results = evaluate_checkpoint(run_dir, out=tmp_path / "results.json", label_fractions=settings)
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    assert "linear_probe_test_acc" in results and "knn_test_acc" in results  # the existing keys stay
+    assert "validation subset" in results["label_fractions_protocol"]
+    by_fraction = results["label_fractions"]
+    assert list(by_fraction) == ["0.1", "1"]
+    for row in by_fraction.values():
+        assert set(row) == {"n_train_labels", "n_val_labels", "n_labels", "probe_test_acc", "probe_val_acc",
+                            "weight_decay", "finetune_val_acc", "finetune_test_acc", "scratch_val_acc",
+                            "scratch_test_acc", "seconds"}
+        assert all(0 <= row[k] <= 1 for k in row if k.endswith("_acc"))
+    # the small data: 2,500 training and 500 validation images
+    assert (by_fraction["0.1"]["n_train_labels"], by_fraction["0.1"]["n_val_labels"]) == (250, 100)
+    assert by_fraction["0.1"]["n_labels"] == 350
+    assert (by_fraction["1"]["n_train_labels"], by_fraction["1"]["n_val_labels"]) == (2500, 500)
+    # all the labels: exactly the full-label probe
+    assert by_fraction["1"]["probe_test_acc"] == results["linear_probe_test_acc"]
+    assert by_fraction["1"]["weight_decay"] == results["linear_probe_weight_decay"]
+    table = results_table(results)
+    assert "from scratch" in table and "fine-tune" in table
+    assert f"{100 * by_fraction['0.1']['scratch_test_acc']:.2f}%" in table
+
+
+def test_label_subsets_of_the_real_splits(small_data):
+    train_idx, val_idx = label_subsets(small_data, 0.1, seed=0)
+    assert (len(train_idx), len(val_idx)) == (250, 100)
+    assert torch.bincount(small_data.val.labels[val_idx], minlength=10).min() >= 9  # stratified (classes unequal)
