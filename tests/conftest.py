@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from fashionssl.augment import make_config
 from fashionssl.config import Config
-from fashionssl.data import FILES, find_data_dir, read_idx
+from fashionssl.data import FILES, find_data_dir, load_fashion_mnist, read_idx
+from fashionssl.encoders import build_encoder
+from fashionssl.evaluate import accuracy, extract_features, knn_predict
 
 @pytest.fixture(scope="module")
 def single_thread():
@@ -72,3 +75,26 @@ def trained_run(tmp_path_factory, small_data_dir) -> tuple[Config, Path]:
     cfg = quick_config(tmp_path_factory.mktemp("trained") / "run", small_data_dir)
     run_dir = pretrain(dataclasses.replace(cfg))
     return cfg, run_dir
+
+
+# Short real runs of every method (tests/test_methods.py, tests/test_multicrop_swav_dino.py): 2048
+# images, 3 epochs of batch 64, milder crops; each must beat its untrained encoder on kNN.
+SHORT_RUN = dict(encoder="cnn-bn", epochs=3, batch_size=64, train_subset=2048, val_size=1000, knn_every=0,
+                 augment_options={"crop_scale": [0.5, 1.0]}, seed=0)
+SHORT_RUN_MARGIN = 0.01  # kNN accuracy a short run must gain over the untrained encoder
+
+
+@pytest.fixture(scope="session")
+def knn_setup():
+    """(knn_accuracy(backbone) on SHORT_RUN's data, the untrained encoder's accuracy) for the short-run tests."""
+    data = load_fashion_mnist(None, SHORT_RUN["val_size"], train_subset=SHORT_RUN["train_subset"])
+    aug = make_config("default")
+    device = torch.device("cpu")
+
+    def knn_accuracy(backbone):
+        bank = extract_features(backbone, data.train.images, aug, device)
+        queries = extract_features(backbone, data.val.images, aug, device)
+        return accuracy(knn_predict(bank, data.train.labels, queries), data.val.labels)
+
+    torch.manual_seed(SHORT_RUN["seed"])
+    return knn_accuracy, knn_accuracy(build_encoder(SHORT_RUN["encoder"]))

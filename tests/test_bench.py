@@ -18,12 +18,15 @@ def test_table_formats_each_column_and_marks_label_users():
     table = comparison_table([
         {"name": "raw pixels (784-d)", "linear_probe_test_acc": 0.8422, "knn_test_acc": 0.8178, "eval_seconds": 20.4},
         ROW,
-        {**ROW, "name": "supervised", "uses_labels": True, "zero_shot_test_acc": 0.8125},
+        {**ROW, "name": "supervised", "uses_labels": True},
+        {**ROW, "name": "clip", "uses_labels": True, "label_use": "captions derive from labels",
+         "zero_shot_test_acc": 0.8125},
     ]).splitlines()
-    assert len(table) == 5
+    assert len(table) == 6
     assert table[2] == "| raw pixels (784-d) | 84.22% | 81.78% |  |  |  |  | 20 s |"
     assert table[3] == "| simclr | 90.12% | 85.67% |  | 10.0 min | 19.7 s | 2,800 | 55 s |"
-    assert table[4].startswith("| supervised (uses labels) | 90.12% | 85.67% | 81.25% |")
+    assert table[4].startswith("| supervised (uses labels) | 90.12% | 85.67% |  |")
+    assert table[5].startswith("| clip (captions derive from labels) | 90.12% | 85.67% | 81.25% |")
 
 
 def test_bench_file_reads_methods_shared_keys_and_per_method_tables(tmp_path):

@@ -11,14 +11,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHORT_RUN, SHORT_RUN_MARGIN
 
-from fashionssl.augment import ViewSpec, make_config
+from fashionssl.augment import ViewSpec
 from fashionssl.checkpoint import load_checkpoint
 from fashionssl.config import Config
-from fashionssl.data import load_fashion_mnist
-from fashionssl.encoders import ConvNet, build_encoder
+from fashionssl.encoders import ConvNet
 from fashionssl.errors import UserError
-from fashionssl.evaluate import accuracy, extract_features, knn_predict
 from fashionssl.losses import info_nce, negative_cosine, normalized_mse
 from fashionssl.methods import METHODS, build_method, build_model
 from fashionssl.methods.base import normalized_std, target_momentum
@@ -366,33 +365,15 @@ def test_unknown_option_is_refused():
 
 # ---------------------------------------------------------------- short real runs
 
-# Each method trains on 2048 images for 3 epochs (96 steps of batch 64), with milder crops than the
+# Each method trains (SHORT_RUN in conftest.py) on 2048 images for 3 epochs (96 steps of batch 64), with milder crops than the
 # default (crop_scale 0.5-1) because a run this short learns faster with them. kNN accuracy on 1000
 # validation images with the first 2048 training images as the bank; the untrained backbone is the
 # same initialisation (the loop seeds it with cfg.seed). Measured margins on a 2-core CPU:
 # moco +0.026, supervised +0.058; byol -0.008, simsiam -0.073, rotation -0.051.
-RUN = dict(encoder="cnn-bn", epochs=3, batch_size=64, train_subset=2048, val_size=1000, knn_every=0,
-           augment_options={"crop_scale": [0.5, 1.0]}, seed=0)
-MARGIN = 0.01
 # BYOL, SimSiam and rotation prediction need far longer than this budget to beat random features on
 # kNN (in longer trials here byol reached the untrained level only after ~200 steps; simsiam and
 # rotation fell further below it at first). Their runs still check the loop and the pretext task.
 SLOW_STARTERS = {"byol", "simsiam", "rotation"}
-
-
-@pytest.fixture(scope="module")
-def knn_setup():
-    data = load_fashion_mnist(None, RUN["val_size"], train_subset=RUN["train_subset"])
-    aug = make_config("default")
-    device = torch.device("cpu")
-
-    def knn_accuracy(backbone):
-        bank = extract_features(backbone, data.train.images, aug, device)
-        queries = extract_features(backbone, data.val.images, aug, device)
-        return accuracy(knn_predict(bank, data.train.labels, queries), data.val.labels)
-
-    torch.manual_seed(RUN["seed"])
-    return knn_accuracy, knn_accuracy(build_encoder(RUN["encoder"]))
 
 
 @pytest.mark.parametrize("name", NEW_METHODS)
@@ -400,13 +381,13 @@ def test_short_run_beats_untrained_backbone(name, knn_setup, tmp_path):
     from fashionssl.train import pretrain
 
     knn_accuracy, untrained = knn_setup
-    cfg = Config(method=name, out=str(tmp_path / "run"), **RUN)
+    cfg = Config(method=name, out=str(tmp_path / "run"), **SHORT_RUN)
     run_dir = pretrain(cfg)
     model = build_model(cfg)
     model.load_state_dict(load_checkpoint(run_dir)["model"])
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [e for e in epochs if "epoch_loss" in e]
-    assert len(epochs) == RUN["epochs"] and epochs[-1]["epoch_loss"] < epochs[0]["epoch_loss"]
+    assert len(epochs) == SHORT_RUN["epochs"] and epochs[-1]["epoch_loss"] < epochs[0]["epoch_loss"]
     if name in ("byol", "simsiam"):  # spread out, not collapsed
         assert epochs[-1]["epoch_collapse_std"] > 0.5 / math.sqrt(model.out_dim)
     if name == "rotation":  # the pretext task is learnt (chance is 0.25)
@@ -414,6 +395,6 @@ def test_short_run_beats_untrained_backbone(name, knn_setup, tmp_path):
     trained = knn_accuracy(model.backbone)
     margin = trained - untrained
     print(f"{name}: kNN val accuracy untrained {untrained:.3f}, trained {trained:.3f}, margin {margin:+.3f}")
-    if name in SLOW_STARTERS and margin <= MARGIN:
+    if name in SLOW_STARTERS and margin <= SHORT_RUN_MARGIN:
         pytest.xfail(f"{name} does not beat the untrained backbone in this budget (margin {margin:+.3f})")
-    assert margin > MARGIN
+    assert margin > SHORT_RUN_MARGIN

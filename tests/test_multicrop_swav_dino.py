@@ -21,7 +21,7 @@ from fashionssl.losses import dino_center, dino_loss, sinkhorn, swapped_predicti
 from fashionssl.methods import build_method, build_model
 from fashionssl.methods.base import encode_views
 from fashionssl.methods.dino import teacher_temperature
-from test_methods import MARGIN, RUN, knn_setup  # noqa: F401 (knn_setup is a fixture)
+from conftest import SHORT_RUN, SHORT_RUN_MARGIN
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -281,22 +281,22 @@ def test_convnet_features_of_small_crops():
 # 5e-4 per 256 images; at 2e-3 it stays at the untrained level here) and a teacher that keeps up
 # with the student over so few steps (momentum 0.96). Measured margins on a busy 2-core CPU:
 # swav +0.030, dino +0.019 (dino at lr 2e-3: +0.001 with momentum 0.9, +0.007 with 0.96).
-SHORT_RUN = {"swav": {}, "dino": {"lr": 5e-4, "method_options": {"momentum": 0.96}}}
+RUN_OVERRIDES = {"swav": {}, "dino": {"lr": 5e-4, "method_options": {"momentum": 0.96}}}
 
 
-@pytest.mark.parametrize("name", sorted(SHORT_RUN))
-def test_short_run_beats_untrained_backbone(name, knn_setup, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("name", sorted(RUN_OVERRIDES))
+def test_short_run_beats_untrained_backbone(name, knn_setup, tmp_path):
     from fashionssl.train import pretrain
 
     knn_accuracy, untrained = knn_setup
-    cfg = Config(method=name, out=str(tmp_path / "run"), **{**RUN, **SHORT_RUN[name]})
+    cfg = Config(method=name, out=str(tmp_path / "run"), **{**SHORT_RUN, **RUN_OVERRIDES[name]})
     run_dir = pretrain(cfg)
     model = build_model(cfg)
     model.load_state_dict(load_checkpoint(run_dir)["model"])
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [e for e in epochs if "epoch_loss" in e]
-    assert len(epochs) == RUN["epochs"] and epochs[-1]["epoch_loss"] < epochs[0]["epoch_loss"]
+    assert len(epochs) == SHORT_RUN["epochs"] and epochs[-1]["epoch_loss"] < epochs[0]["epoch_loss"]
     trained = knn_accuracy(model.backbone)
     margin = trained - untrained
     print(f"{name}: kNN val accuracy untrained {untrained:.3f}, trained {trained:.3f}, margin {margin:+.3f}")
-    assert margin > MARGIN
+    assert margin > SHORT_RUN_MARGIN

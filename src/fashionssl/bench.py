@@ -93,7 +93,7 @@ def comparison_table(rows: list[dict]) -> str:
     lines = ["| features | linear probe | kNN k=200 | zero-shot | pretraining | median epoch | images/s | evaluation |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        name = r["name"] + (" (uses labels)" if r.get("uses_labels") else "")
+        name = r["name"] + (f" ({r.get('label_use', 'uses labels')})" if r.get("uses_labels") else "")
         zero_shot = f"{100 * r['zero_shot_test_acc']:.2f}%" if "zero_shot_test_acc" in r else ""
         pretrain_time = f"{r['pretrain_seconds'] / 60:.1f} min" if "pretrain_seconds" in r else ""
         epoch = f"{r['median_epoch_seconds']:.1f} s" if "median_epoch_seconds" in r else ""

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             from .export import export_run
             print(f"exported to {export_run(args.checkpoint, args.out, args.data_dir, args.device)}")
             return 0
-        cfg = None if args.resume else config_from_args(args)
+        cfg = config_from_args(args)  # None with --resume (the saved config is used)
         with torchrun_process_group():  # several processes when started by torchrun (docs/distributed.md)
             run_dir = pretrain(cfg, resume=args.resume)
             if not is_main_process():  # evaluation and its output are rank 0's
