@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
+# every method at the budget of docs/benchmarks.md (about 2 hours on 2 CPU cores; resumable)
+bench: setup
+	$(BIN)/fashionssl bench --config configs/bench.toml --out runs/bench10
+
 system-packages:
 	@scripts/ensure-system-packages.sh
 
