@@ -8,6 +8,7 @@ data directory) take seconds instead of minutes.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,20 @@ def knn_setup():
 
     torch.manual_seed(SHORT_RUN["seed"])
     return knn_accuracy, knn_accuracy(build_encoder(SHORT_RUN["encoder"]))
+
+
+def short_run(name: str, out: Path, **overrides):
+    """Train `name` on SHORT_RUN (+ overrides) into `out`; returns (trained model, per-epoch metric lines),
+    after checking every epoch was logged and the loss went down."""
+    from fashionssl.checkpoint import load_checkpoint
+    from fashionssl.methods import build_model
+    from fashionssl.train import pretrain
+
+    cfg = Config(method=name, out=str(out), **{**SHORT_RUN, **overrides})
+    run_dir = pretrain(cfg)
+    model = build_model(cfg)
+    model.load_state_dict(load_checkpoint(run_dir)["model"])
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [e for e in lines if "epoch_loss" in e]
+    assert len(epochs) == cfg.epochs and epochs[-1]["epoch_loss"] < epochs[0]["epoch_loss"]
+    return model, epochs

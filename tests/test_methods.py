@@ -5,21 +5,18 @@ compared with the untrained backbone on kNN."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHORT_RUN, SHORT_RUN_MARGIN
+from conftest import SHORT_RUN_MARGIN, short_run
 
 from fashionssl.augment import ViewSpec
-from fashionssl.checkpoint import load_checkpoint
-from fashionssl.config import Config
 from fashionssl.encoders import ConvNet
 from fashionssl.errors import UserError
 from fashionssl.losses import info_nce, negative_cosine, normalized_mse
-from fashionssl.methods import METHODS, build_method, build_model
+from fashionssl.methods import METHODS, build_method
 from fashionssl.methods.base import normalized_std, target_momentum
 from fashionssl.methods.rotation import rotate_all
 from fashionssl.optim import build_optimizer
@@ -378,16 +375,8 @@ SLOW_STARTERS = {"byol", "simsiam", "rotation"}
 
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_short_run_beats_untrained_backbone(name, knn_setup, tmp_path):
-    from fashionssl.train import pretrain
-
     knn_accuracy, untrained = knn_setup
-    cfg = Config(method=name, out=str(tmp_path / "run"), **SHORT_RUN)
-    run_dir = pretrain(cfg)
-    model = build_model(cfg)
-    model.load_state_dict(load_checkpoint(run_dir)["model"])
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    epochs = [e for e in epochs if "epoch_loss" in e]
-    assert len(epochs) == SHORT_RUN["epochs"] and epochs[-1]["epoch_loss"] < epochs[0]["epoch_loss"]
+    model, epochs = short_run(name, tmp_path / "run")
     if name in ("byol", "simsiam"):  # spread out, not collapsed
         assert epochs[-1]["epoch_collapse_std"] > 0.5 / math.sqrt(model.out_dim)
     if name == "rotation":  # the pretext task is learnt (chance is 0.25)

@@ -5,7 +5,6 @@ untrained backbone on kNN."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -13,15 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from fashionssl.augment import ViewSpec, make_config, views
-from fashionssl.checkpoint import load_checkpoint
-from fashionssl.config import Config
 from fashionssl.encoders import ConvNet, VisionTransformer
 from fashionssl.errors import UserError
 from fashionssl.losses import dino_center, dino_loss, sinkhorn, swapped_prediction
-from fashionssl.methods import build_method, build_model
+from fashionssl.methods import build_method
 from fashionssl.methods.base import encode_views
 from fashionssl.methods.dino import teacher_temperature
-from conftest import SHORT_RUN, SHORT_RUN_MARGIN
+from conftest import SHORT_RUN_MARGIN, short_run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -286,16 +283,8 @@ RUN_OVERRIDES = {"swav": {}, "dino": {"lr": 5e-4, "method_options": {"momentum":
 
 @pytest.mark.parametrize("name", sorted(RUN_OVERRIDES))
 def test_short_run_beats_untrained_backbone(name, knn_setup, tmp_path):
-    from fashionssl.train import pretrain
-
     knn_accuracy, untrained = knn_setup
-    cfg = Config(method=name, out=str(tmp_path / "run"), **{**SHORT_RUN, **RUN_OVERRIDES[name]})
-    run_dir = pretrain(cfg)
-    model = build_model(cfg)
-    model.load_state_dict(load_checkpoint(run_dir)["model"])
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    epochs = [e for e in epochs if "epoch_loss" in e]
-    assert len(epochs) == SHORT_RUN["epochs"] and epochs[-1]["epoch_loss"] < epochs[0]["epoch_loss"]
+    model, _ = short_run(name, tmp_path / "run", **RUN_OVERRIDES[name])
     trained = knn_accuracy(model.backbone)
     margin = trained - untrained
     print(f"{name}: kNN val accuracy untrained {untrained:.3f}, trained {trained:.3f}, margin {margin:+.3f}")

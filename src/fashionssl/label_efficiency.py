@@ -169,7 +169,7 @@ def train_classifier(backbone: nn.Module, train: Split, aug: augment.AugmentConf
     for step in tqdm(range(settings.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0,
                      leave=False, disable=None):
         index = order[step]
-        x = augment.views(images[index], aug, generator, 1)[0].contiguous(memory_format=torch.channels_last)
+        x = augment.views(images[index], aug, generator, augment.ViewSpec(global_views=1))[0].contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = lrs[step]
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):

@@ -199,7 +199,7 @@ def augmentation_figure(images: torch.Tensor, aug: augment.AugmentConfig, views:
     """Rows: an original image, then `views` random views of it under `aug`, as training draws them
     (un-normalised back to [0, 1] for display)."""
     generator = torch.Generator().manual_seed(seed)
-    drawn = torch.stack(augment.views(images, aug, generator, views), dim=1)  # (N, views, 1, size, size)
+    drawn = torch.stack(augment.views(images, aug, generator, augment.ViewSpec(global_views=views)), dim=1)  # (N, views, 1, size, size)
     drawn = (drawn * aug.std + aug.mean).clamp(0, 1)
     fig = Figure(figsize=(1.1 * (views + 1), 1.2 * len(images)), layout="constrained")
     axes = fig.subplots(len(images), views + 1, squeeze=False)
