@@ -289,3 +289,26 @@ def test_short_run_beats_untrained_backbone(name, knn_setup, tmp_path):
     margin = trained - untrained
     print(f"{name}: kNN val accuracy untrained {untrained:.3f}, trained {trained:.3f}, margin {margin:+.3f}")
     assert margin > SHORT_RUN_MARGIN
+
+
+def test_dino_trains_a_vit_on_multi_crop_and_its_attention_draws():
+    """DINO with vit-tiny: global 28x28 and local 16x16 crops go through one ViT (position embeddings
+    interpolated), a step moves the student, and the report draws its CLS attention maps."""
+    from fashionssl.report import attention_figure
+
+    torch.manual_seed(0)
+    model = build_method("dino", VisionTransformer(depth=2), {"out_dim": 64, "local_crops": 2})
+    batch = multi_crop_batch(model)
+    assert [v.shape[-1] for v in batch[0]] == [28, 28, 16, 16]
+    before = [p.detach().clone() for p in model.backbone.parameters()]
+    loss, _ = model(*batch)
+    loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.backbone.parameters()))
+    images = uint8_images(3)
+    with torch.no_grad():
+        maps = model.backbone.eval().cls_attention(images.float().unsqueeze(1) / 255)
+    assert maps.shape == (3, 3, 7, 7)
+    figure = attention_figure(images, maps)
+    assert len(figure.axes) == 3 * (3 + 2)  # per image: itself, the head mean, each of 3 heads
