@@ -1,0 +1,52 @@
+"""Scaling on this machine: one process against N torchrun processes, the same global batch and threads.
+
+Each configuration runs `fashionssl pretrain` for two epochs on a training subset and reads the
+images/s of the second epoch from metrics.jsonl (the first includes start-up). The total number of
+threads is the same in every row (`--threads`, split evenly over the processes), so on a CPU the
+rows compare how the work is divided, not how much hardware it gets.
+
+    .venv/bin/python benchmarks/bench_scaling.py --processes 1,2
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def images_per_s(processes: int, threads: int, args: list[str]) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        launcher = [sys.executable, "-m", "fashionssl"] if processes == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+            "-m", "fashionssl"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // processes))}
+        subprocess.run([*launcher, "pretrain", *args, "--out", str(out)], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [line for line in lines if "epoch_images_per_s" in line][-1]["epoch_images_per_s"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--processes", default="1,2", help="comma list of process counts")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="total threads of every configuration")
+    p.add_argument("--method", default="simclr")
+    p.add_argument("--train-subset", type=int, default=10240)
+    p.add_argument("--batch-size", type=int, default=512, help="the global batch")
+    a = p.parse_args()
+    args = ["--method", a.method, "--epochs", "2", "--warmup-epochs", "0", "--train-subset", str(a.train_subset),
+            "--batch-size", str(a.batch_size), "--knn-every", "0"]
+    print(f"{time.strftime('%Y-%m-%d')}, {a.threads} threads in all, {a.method} cnn-bn, global batch {a.batch_size}")
+    rows = [(n, images_per_s(n, a.threads, args)) for n in map(int, a.processes.split(","))]
+    print("\n| processes | threads each | images/s | vs 1 process |\n|---:|---:|---:|---:|")
+    for n, speed in rows:
+        print(f"| {n} | {max(1, a.threads // n)} | {speed:,.0f} | {speed / rows[0][1]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
