@@ -268,8 +268,11 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_a_resumable_checkpoint(tmp_pat
         return any(line["step"] > 4 and "loss" in line for line in lines)
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    # SIGINT back to its default in the child: a test suite started in the background inherits it
+    # ignored, and Python then keeps ignoring it (as `nohup` users want).
     proc = subprocess.Popen([sys.executable, "-m", "fashionssl", "pretrain", "--resume", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not training_epoch_2():
         if proc.poll() is not None or time.monotonic() > deadline:
