@@ -9,13 +9,14 @@ rows compare how the work is divided, not how much hardware it gets.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fashionssl.runlog import epoch_lines
 
 
 def images_per_s(processes: int, threads: int, args: list[str]) -> float:
@@ -27,8 +28,7 @@ def images_per_s(processes: int, threads: int, args: list[str]) -> float:
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // processes))}
         subprocess.run([*launcher, "pretrain", *args, "--out", str(out)], env=env, check=True,
                        stdout=subprocess.DEVNULL)
-        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [line for line in lines if "epoch_images_per_s" in line][-1]["epoch_images_per_s"]
+        return epoch_lines(out)[-1]["epoch_images_per_s"]
 
 
 def main() -> None:

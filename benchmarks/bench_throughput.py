@@ -12,7 +12,6 @@ batches by its own per-epoch clock. Both count images per second, each image giv
 """
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from fashionssl.config import make_config
+from fashionssl.runlog import epoch_lines
 from fashionssl.train import pretrain
 
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
@@ -35,8 +35,7 @@ def fashionssl_images_per_s(method: str, encoder: str, batch_size: int, precisio
                           epochs=2, warmup_epochs=0.0, train_subset=batch_size * steps, val_size=5000,
                           knn_every=0, out=out)
         run_dir = pretrain(cfg)
-        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [line for line in lines if "epoch_images_per_s" in line][-1]["epoch_images_per_s"]
+        return epoch_lines(run_dir)[-1]["epoch_images_per_s"]
 
 
 def seed_images_per_s(peer_dir: Path, peers: Path, batches: int) -> float:

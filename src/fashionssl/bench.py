@@ -24,7 +24,7 @@ from .errors import UserError
 from .evaluate import evaluate_backbone, evaluate_checkpoint, evaluate_features
 from .methods import METHODS
 from .report import write_report
-from .runlog import write_json
+from .runlog import epoch_lines, write_json
 from .train import pretrain
 
 # What the comparison runs unless told otherwise: every method, 10 epochs of the main job's recipe
@@ -57,8 +57,7 @@ def check_methods(methods: list[str]) -> list[str]:
 def epoch_stats(run_dir: Path) -> dict[str, float]:
     """Pretraining time and speed from metrics.jsonl: the sum of epoch times, and the median epoch
     (the quiet cost when the machine was shared for a while)."""
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    epochs = [line for line in lines if "epoch_seconds" in line]
+    epochs = epoch_lines(run_dir)
     seconds = [line["epoch_seconds"] for line in epochs]
     return {"pretrain_seconds": sum(seconds), "median_epoch_seconds": statistics.median(seconds),
             "images_per_s": statistics.median(line["epoch_images_per_s"] for line in epochs)}

@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -39,8 +38,10 @@ from . import augment
 from .data import FashionMNIST, Split, stratified_order
 from .errors import UserError
 from .evaluate import NUM_CLASSES, accuracy, extract_features, linear_probe
+from .methods.supervised import Supervised
 from .optim import build_optimizer
 from .schedules import warmup_cosine
+from .train import train_step
 
 MIN_VAL_PER_CLASS = 10
 # Lighter than pretraining's views: a classifier learns from what the crop keeps, and blur hides it.
@@ -155,10 +156,10 @@ def batch_indices(n: int, steps: int, batch_size: int, generator: torch.Generato
 def train_classifier(backbone: nn.Module, train: Split, aug: augment.AugmentConfig, device: torch.device,
                      settings: LabelFractions, autocast_dtype: torch.dtype | None = None,
                      desc: str = "fine-tune") -> nn.Sequential:
-    """Train `backbone` (modified in place) and a new linear head together on `train` with cross
-    entropy; returns the classifier (backbone, head) in eval mode, mapping images to logits."""
-    head = seeded(settings.seed, lambda: nn.Linear(backbone.feature_dim, NUM_CLASSES))
-    model = nn.Sequential(backbone, head).to(device).to(memory_format=torch.channels_last)
+    """Train `backbone` (modified in place) and a new linear head together on `train`: the
+    `supervised` method, stepped by the training loop's own `train_step`; returns the classifier
+    (backbone, head) in eval mode, mapping images to logits."""
+    model = seeded(settings.seed, lambda: Supervised(backbone)).to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("adamw", model, settings.lr, settings.weight_decay)
     lrs = warmup_cosine(settings.lr, settings.steps, settings.steps // 20).tolist()
     batch = min(settings.batch_size, len(train))
@@ -169,17 +170,13 @@ def train_classifier(backbone: nn.Module, train: Split, aug: augment.AugmentConf
     for step in tqdm(range(settings.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0,
                      leave=False, disable=None):
         index = order[step]
-        x = augment.views(images[index], aug, generator, augment.ViewSpec(global_views=1))[0].contiguous(memory_format=torch.channels_last)
-        for group in optimizer.param_groups:
-            group["lr"] = lrs[step]
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            loss = F.cross_entropy(model(x).float(), labels[index])
-        if not torch.isfinite(loss):
-            raise UserError(f"{desc}: loss became {loss.item()} at step {step + 1}; lower the fine-tuning lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+        views = [v.contiguous(memory_format=torch.channels_last)
+                 for v in augment.views(images[index], aug, generator, model.view_spec)]
+        loss, _ = train_step(model, model, optimizer, views, labels[index], lrs[step], step, settings.steps,
+                             autocast_dtype)
+        if not math.isfinite(loss):
+            raise UserError(f"{desc}: loss became {loss} at step {step + 1}; lower the fine-tuning lr")
+    return nn.Sequential(model.backbone, model.classifier).eval()
 
 
 def classifier_accuracy(model: nn.Module, split: Split, aug: augment.AugmentConfig, device: torch.device,

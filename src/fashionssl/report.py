@@ -30,6 +30,7 @@ from .device import autocast_dtype, resolve_device
 from .errors import UserError
 from .evaluate import extract_features, load_trained
 from .methods import Method
+from .runlog import read_metrics
 
 # Test images on the embedding map, and t-SNE iterations: measured 48 CPU-seconds for 2,500 points
 # and 1,000 iterations, 25 for 2,000 points and 500 iterations (250 of them early exaggeration):
@@ -58,16 +59,6 @@ class Run:
     epochs: int
     metrics: list[dict]
     results: dict | None
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise UserError(f"no metrics.jsonl in {run_dir}: pass run directories written by `fashionssl pretrain`")
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: line {e.lineno} is not JSON ({e.msg}); the file is damaged") from None
 
 
 def load_run(run_dir: str | Path, name: str) -> Run:

@@ -12,6 +12,7 @@ import torch
 
 from . import __version__
 from .checkpoint import atomic_write
+from .errors import UserError
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -26,6 +27,22 @@ def versions(device: torch.device) -> dict[str, str]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = str(torch.version.cuda)
     return info
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Every line of a run directory's metrics.jsonl, in order; a missing or damaged file is a UserError."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"no metrics.jsonl in {run_dir}: pass run directories written by `fashionssl pretrain`")
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: line {e.lineno} is not JSON ({e.msg}); the file is damaged") from None
+
+
+def epoch_lines(run_dir: str | Path) -> list[dict]:
+    """The per-epoch summary lines of metrics.jsonl (epoch, epoch_seconds, epoch_images_per_s, ...)."""
+    return [line for line in read_metrics(run_dir) if "epoch_seconds" in line]
 
 
 def line_step(line: str) -> float:
