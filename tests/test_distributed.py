@@ -91,9 +91,10 @@ def torchrun_env(rank: int, port: int, timeout_s: float) -> None:
                       MASTER_PORT=str(port), **{distributed.TIMEOUT_ENV: str(timeout_s)})
 
 
-def step_worker(rank: int, port: int, inputs: dict, out: Path) -> None:
+def step_worker(rank: int, port: int, inputs_file: Path, out: Path) -> None:
     torch.set_num_threads(1)
     torchrun_env(rank, port, timeout_s=60)
+    inputs = torch.load(inputs_file)
     with distributed.torchrun_process_group():
         results = {m: train_steps(step_config(m), inputs[m]) for m in inputs}
     if rank == 0:
@@ -113,8 +114,12 @@ def step_results(tmp_path_factory):
             images = torch.randint(0, 256, (WORLD * PER_RANK, 28, 28), dtype=torch.uint8)
             inputs[method].append((global_views(model, images), torch.randint(0, 10, (WORLD * PER_RANK,))))
         single[method] = train_steps(cfg, inputs[method])
-    out = tmp_path_factory.mktemp("ddp") / "rank0.pt"
-    mp.spawn(step_worker, args=(free_port(), inputs, out), nprocs=WORLD)
+    folder = tmp_path_factory.mktemp("ddp")
+    # The inputs travel as a file, not as spawn arguments (shared-memory tensors): with them, a worker
+    # of a full-suite run sometimes aborted ("terminate called without an active exception").
+    torch.save(inputs, folder / "inputs.pt")
+    out = folder / "rank0.pt"
+    mp.spawn(step_worker, args=(free_port(), folder / "inputs.pt", out), nprocs=WORLD)
     multi = torch.load(out)
     return {m: (single[m], multi[m]) for m in STEP_CASES}
 

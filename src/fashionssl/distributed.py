@@ -89,9 +89,7 @@ def torchrun_process_group() -> Iterator[None]:
     dist.init_process_group(backend, timeout=timeout)
     try:
         yield
-        # Every rank finishes before any tears down its connections: a rank that exits while another
-        # still talks to it makes gloo abort that process ("terminate called without an active exception").
-        dist.barrier()
+        dist.barrier()  # every rank is done with its collectives before any tears its connections down
     finally:
         dist.destroy_process_group()
 
