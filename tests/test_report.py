@@ -22,8 +22,8 @@ from fashionssl.encoders import ConvNet
 from fashionssl import report as report_module
 from fashionssl.evaluate import confusion_matrix, extract_features
 from fashionssl.evaluate import load_trained
-from fashionssl.report import (Page, Run, attention_figure, nearest_neighbours, pick_per_class, summary,
-                               write_report)
+from fashionssl.report import (Page, Run, attention_figure, label_efficiency_section, nearest_neighbours,
+                               pick_per_class, summary, write_report)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CHROMIUM = shutil.which("chromium")
@@ -69,6 +69,15 @@ def test_summary_marks_label_use_and_shows_zero_shot_only_when_present(tmp_path)
     assert "zero-shot" not in "".join(page.parts) and "no results.json" in "".join(page.parts)
 
 
+def test_label_efficiency_section_says_how_to_get_it_when_no_run_has_it(tmp_path):
+    page = Page(tmp_path)
+    label_efficiency_section(page, [Run("a", tmp_path / "a", Config(), SimpleNamespace(uses_labels=False), 3, [],
+                                        {"linear_probe_test_acc": 0.9})])
+    text = "".join(page.parts)
+    assert ">Label efficiency</h2>" in text and "--label-fractions 0.01,0.1,1.0" in text
+    assert page.files == []
+
+
 def test_attention_figure_has_image_mean_and_one_panel_per_head():
     fig = attention_figure(torch.zeros(2, 28, 28, dtype=torch.uint8), torch.rand(2, 3, 7, 7))
     assert len(fig.axes) == 2 * (1 + 1 + 3)
@@ -90,8 +99,12 @@ def report(trained_run, tmp_path_factory):
     for copy in copies:
         shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("results.json", "report", "export"))
     confusion = (torch.eye(10, dtype=torch.long) * 90 + 1).tolist()
+    label_fractions = {"0.01": {"n_labels": 650, "probe_test_acc": 0.83, "finetune_test_acc": 0.8312,
+                                "scratch_test_acc": 0.82},
+                       "1": {"n_labels": 60000, "probe_test_acc": 0.9, "scratch_test_acc": 0.88}}
     (copies[0] / "results.json").write_text(json.dumps(
-        {"linear_probe_test_acc": 0.91, "knn_test_acc": 0.88, "linear_probe_confusion": confusion}))
+        {"linear_probe_test_acc": 0.91, "knn_test_acc": 0.88, "linear_probe_confusion": confusion,
+         "label_fractions": label_fractions, "label_fractions_protocol": "stratified subsets"}))
     (copies[1] / "results.json").write_text(json.dumps(
         {"linear_probe_test_acc": 0.8, "knn_test_acc": 0.7, "zero_shot_test_acc": 0.5}))
     out = tmp_path_factory.mktemp("report")
@@ -105,7 +118,7 @@ def report(trained_run, tmp_path_factory):
 def test_report_writes_every_figure_and_embeds_each(report):
     html_path, name = report
     out = html_path.parent
-    expected = ["curves.png", "knn.png"] + [f"{run}-{kind}.png" for run in (name, f"{name}-2")
+    expected = ["curves.png", "knn.png", "label-efficiency.png"] + [f"{run}-{kind}.png" for run in (name, f"{name}-2")
                                             for kind in ("tsne", "retrieval", "augmentations", "attention")]
     expected.append(f"{name}-confusion.png")
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -118,6 +131,9 @@ def test_report_writes_every_figure_and_embeds_each(report):
     assert f"{name}-2-confusion.png" not in text and "has no linear_probe_confusion" in text
     assert "<th>zero-shot (test)</th>" in text and "91.00%" in text and "50.00%" in text
     assert "of 300 random test images" in text
+    assert "<td>0.01</td><td>650</td><td>83.00%</td><td>83.12%</td><td>82.00%</td>" in text
+    assert "<td>60,000</td><td>90.00%</td><td>-</td><td>88.00%</td>" in text  # no fine-tuning at 1
+    assert "Protocol: stratified subsets." in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
@@ -130,7 +146,7 @@ def test_report_opens_in_headless_chromium_with_every_image_decoded(report, tmp_
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=60).stdout
     figures = len(list(html_path.parent.glob("*.png")))
     assert re.search(r'<body[^>]*data-figures="decoded (\d+)"', dom).group(1) == str(figures)
-    for heading in ("Summary", "Training curves", "kNN monitor", f"Run {name}", f"Run {name}-2", "Embedding map",
+    for heading in ("Summary", "Training curves", "kNN monitor", "Label efficiency", f"Run {name}", f"Run {name}-2", "Embedding map",
                     "Nearest neighbours", "Augmented views", "Linear-probe confusion matrix", "CLS attention"):
         assert f">{heading}</h" in dom
     shot = tmp_path / "report.png"

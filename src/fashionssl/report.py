@@ -1,6 +1,7 @@
-"""What an encoder learned, as one offline HTML page: training curves, an embedding map, nearest
-neighbours, the augmented views it was asked to match, the probe's confusion matrix and, for
-encoders that have them, CLS attention maps. Several runs get a comparison table and overlaid curves.
+"""What an encoder learned, as one offline HTML page: training curves, label-efficiency curves, an
+embedding map, nearest neighbours, the augmented views it was asked to match, the probe's confusion
+matrix and, for encoders that have them, CLS attention maps. Several runs get a comparison table and
+overlaid curves.
 
 Every figure is written as a PNG and embedded in `report.html` as a base64 data URI, so the page
 opens offline and can be mailed as one file. Figures use matplotlib's object API (`Figure`, drawn
@@ -155,6 +156,30 @@ def knn_figure(runs: list[tuple[str, list[dict]]]) -> Figure:
             ax.plot(*zip(*points), "o-", color=f"C{i}", label=name, ms=4)
     ax.set(title="kNN monitor (validation split)", xlabel="epoch", ylabel="accuracy (%)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+# How each classifier of `fashionssl evaluate --label-fractions` is drawn: (results key, label, line style).
+LABEL_EFFICIENCY_LINES = (("probe", "linear probe (frozen)", "o-"), ("finetune", "fine-tuned", "s--"),
+                          ("scratch", "from scratch", "x:"))
+
+
+def label_efficiency_figure(runs: list[tuple[str, dict]]) -> Figure:
+    """Test accuracy against the number of labelled images (log scale) of every classifier of every
+    run's label-efficiency results: one colour per run, one line style per classifier."""
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, by_fraction) in enumerate(runs):
+        rows = sorted(by_fraction.values(), key=lambda row: row["n_labels"])
+        for key, label, style in LABEL_EFFICIENCY_LINES:
+            points = [(row["n_labels"], 100 * row[f"{key}_test_acc"]) for row in rows if f"{key}_test_acc" in row]
+            if points:
+                ax.plot(*zip(*points), style, color=f"C{i}", ms=5, label=f"{name}: {label}" if len(runs) > 1 else label)
+    ax.set_xscale("log")
+    ax.set(title="label efficiency (test split)", xlabel="labelled images (training + validation subsets)",
+           ylabel="accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return fig
 
@@ -320,6 +345,26 @@ def summary(page: Page, runs: list[Run]) -> None:
             page.note(f"{r.name}: no results.json yet; `fashionssl evaluate {r.path}` computes the test numbers.")
 
 
+def label_efficiency_section(page: Page, runs: list[Run]) -> None:
+    """Accuracy per fraction of the labels, as a figure and a table, for the runs that have it."""
+    page.heading("Label efficiency")
+    measured = [(r.name, r.results["label_fractions"]) for r in runs if r.results and "label_fractions" in r.results]
+    if not measured:
+        page.note("no label-efficiency results in results.json; `fashionssl evaluate RUN_DIR --label-fractions "
+                  "0.01,0.1,1.0 --finetune` adds them.")
+        return
+    page.figure(label_efficiency_figure(measured), "label-efficiency.png",
+                "test accuracy when only a stratified fraction of the labels exists: a linear probe on the frozen "
+                "encoder, the encoder fine-tuned, and the same architecture trained from scratch on the same subset")
+    rows = [[name, fraction, f"{row['n_labels']:,}"] + [percent(row, f"{key}_test_acc") for key, _, _ in
+                                                        LABEL_EFFICIENCY_LINES]
+            for name, by_fraction in measured for fraction, row in by_fraction.items()]
+    page.table(["run", "fraction", "labelled images"] + [label for _, label, _ in LABEL_EFFICIENCY_LINES], rows)
+    protocol = next(r.results.get("label_fractions_protocol") for r in runs if r.results and "label_fractions" in r.results)
+    if protocol:
+        page.note(f"Protocol: {protocol}.")
+
+
 def run_section(page: Page, run: Run, data: FashionMNIST, device: torch.device, bar: tqdm) -> None:
     """The figures of one run: embedding map, retrieval, augmentations, confusion matrix, attention."""
     cfg, backbone = run.config, run.model.backbone.to(device).eval()
@@ -427,6 +472,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None, data
                         "(bank: the first training images), as logged during training")
         else:
             page.note("no kNN-monitor values in metrics.jsonl (trained with --knn-every 0).")
+        label_efficiency_section(page, runs)
         datasets: dict[tuple, FashionMNIST] = {}
         for run in runs:
             cfg = run.config
