@@ -138,7 +138,7 @@ def curves_figure(runs: list[tuple[str, list[dict]]]) -> Figure:
         loss_ax.plot([m["step"] / per_epoch for m in steps], [m["loss"] for m in steps], color=color, alpha=0.5, lw=1)
         loss_ax.plot([m["epoch"] - 0.5 for m in epochs], [m["epoch_loss"] for m in epochs], "o", color=color, ms=4, label=name)
         lr_ax.plot([m["step"] / per_epoch for m in steps], [m["lr"] for m in steps], color=color, label=name)
-    loss_ax.set(title="training loss (line: logged steps, dots: epoch means at mid-epoch)", xlabel="epoch", ylabel="loss")
+    loss_ax.set(title="training loss (line: steps, dots: epoch means)", xlabel="epoch", ylabel="loss")
     lr_ax.set(title="learning rate", xlabel="epoch", ylabel="lr")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     for ax in (loss_ax, lr_ax):
