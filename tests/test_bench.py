@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from fashionssl.bench import bench, comparison_table, load_bench_file
+from fashionssl.bench import bench, comparison_table, has_label_fractions, label_efficiency_table, load_bench_file
 from fashionssl.cli import main
 from fashionssl.errors import UserError
+from fashionssl.label_efficiency import LabelFractions
 
 ROW = {"name": "simclr", "linear_probe_test_acc": 0.9012, "knn_test_acc": 0.8567, "eval_seconds": 55.2,
        "pretrain_seconds": 600.0, "median_epoch_seconds": 19.74, "images_per_s": 2800.4}
@@ -27,6 +28,44 @@ def test_table_formats_each_column_and_marks_label_users():
     assert table[3] == "| simclr | 90.12% | 85.67% |  | 10.0 min | 19.7 s | 2,800 | 55 s |"
     assert table[4].startswith("| supervised (uses labels) | 90.12% | 85.67% |  |")
     assert table[5].startswith("| clip (captions derive from labels) | 90.12% | 85.67% | 81.25% |")
+
+
+def fractions_row(name, probe, scratch, finetune=None):
+    by_fraction = {}
+    for fraction, p, s in zip(("0.01", "1"), probe, scratch):
+        by_fraction[fraction] = {"probe_test_acc": p, "scratch_test_acc": s}
+        if finetune:
+            by_fraction[fraction]["finetune_test_acc"] = finetune
+    return {**ROW, "name": name, "encoder": "cnn-bn", "label_fractions": by_fraction}
+
+
+def test_label_efficiency_table_gives_a_shared_scratch_baseline_one_row():
+    rows = [{"name": "raw pixels (784-d)"}, fractions_row("simclr", (0.83, 0.9), (0.82, 0.88), finetune=0.84),
+            fractions_row("supervised", (0.86, 0.915), (0.82, 0.88)) | {"uses_labels": True}]
+    table = label_efficiency_table(rows).splitlines()
+    assert table == ["| encoder | classifier | 1% labels | 100% labels |", "|---|---|---:|---:|",
+                     "| simclr | linear probe (frozen) | 83.00% | 90.00% |",
+                     "| simclr | fine-tuned | 84.00% | 84.00% |",
+                     "| supervised (uses labels) | linear probe (frozen) | 86.00% | 91.50% |",
+                     "| cnn-bn, random init | from scratch | 82.00% | 88.00% |"]
+    rows[2]["label_fractions"]["1"]["scratch_test_acc"] = 0.87  # another architecture or seed: one row each
+    table = label_efficiency_table(rows).splitlines()
+    assert "| simclr | from scratch | 82.00% | 88.00% |" in table
+    assert "| supervised (uses labels) | from scratch | 82.00% | 87.00% |" in table
+    assert not any("random init" in line for line in table)
+
+
+def test_results_hold_label_fractions_only_for_the_same_protocol_fractions_and_fine_tuning():
+    settings = LabelFractions((0.01, 1.0), finetune=True)
+    results = {"label_fractions_protocol": settings.protocol(),
+               "label_fractions": fractions_row("simclr", (0.8, 0.9), (0.8, 0.9), finetune=0.85)["label_fractions"]}
+    assert has_label_fractions(results, settings)
+    assert not has_label_fractions(results, LabelFractions((0.01,), finetune=True))
+    assert not has_label_fractions(results, LabelFractions((0.01, 1.0), finetune=True, steps=10))
+    assert has_label_fractions(results, LabelFractions((0.01, 1.0)))  # fine-tuning numbers extra: still fine
+    del results["label_fractions"]["1"]["finetune_test_acc"]
+    assert not has_label_fractions(results, settings)
+    assert not has_label_fractions({}, settings)
 
 
 def test_bench_file_reads_methods_shared_keys_and_per_method_tables(tmp_path):
@@ -72,3 +111,14 @@ def test_cli_bench_runs_two_methods_and_a_rerun_reuses_them(tmp_path, small_data
     assert (out / "simclr" / "checkpoint.pt").stat().st_mtime_ns == checkpoint_time
     rerun = capsys.readouterr().out.splitlines()
     assert rerun[-2:] == table.splitlines()[-2:]  # the baselines are recomputed, the methods read back
+
+    fractions = ["--label-fractions", "0.01", "--finetune-steps", "2"]
+    assert main(args + fractions) == 0  # evaluated again for the label fractions, not retrained
+    assert (out / "simclr" / "checkpoint.pt").stat().st_mtime_ns == checkpoint_time
+    text = capsys.readouterr().out
+    assert "Label efficiency (training subset:" in text and "| encoder | classifier | 1% labels |" in text
+    assert "| cnn, random init | from scratch |" in text and "| rotation | linear probe (frozen) |" in text
+    results_time = (out / "rotation" / "results.json").stat().st_mtime_ns
+    assert main(args + fractions) == 0  # the numbers are there now: nothing evaluated again
+    assert (out / "rotation" / "results.json").stat().st_mtime_ns == results_time
+    assert "1% labels" in (out / "comparison.md").read_text()

@@ -22,8 +22,8 @@ from fashionssl.encoders import ConvNet
 from fashionssl import report as report_module
 from fashionssl.evaluate import confusion_matrix, extract_features
 from fashionssl.evaluate import load_trained
-from fashionssl.report import (Page, Run, attention_figure, label_efficiency_section, nearest_neighbours,
-                               pick_per_class, summary, write_report)
+from fashionssl.report import (Page, Run, attention_figure, label_efficiency_figure, label_efficiency_section,
+                               nearest_neighbours, pick_per_class, summary, write_report)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CHROMIUM = shutil.which("chromium")
@@ -67,6 +67,20 @@ def test_summary_marks_label_use_and_shows_zero_shot_only_when_present(tmp_path)
     page = Page(tmp_path)
     summary(page, [run("a", "simclr", False, None)])
     assert "zero-shot" not in "".join(page.parts) and "no results.json" in "".join(page.parts)
+
+
+def test_label_efficiency_figure_draws_a_shared_scratch_baseline_once():
+    def results(scratch):
+        return {"0.01": {"n_labels": 650, "probe_test_acc": 0.83, "scratch_test_acc": scratch},
+                "1": {"n_labels": 60000, "probe_test_acc": 0.9, "finetune_test_acc": 0.89, "scratch_test_acc": 0.88}}
+
+    labels = lambda fig: [line.get_label() for line in fig.axes[0].get_lines()]  # noqa: E731
+    assert labels(label_efficiency_figure([("a", results(0.82))])) == [
+        "linear probe (frozen)", "fine-tuned", "from scratch"]
+    assert labels(label_efficiency_figure([("a", results(0.82)), ("b", results(0.82))])) == [
+        "a: linear probe (frozen)", "a: fine-tuned", "b: linear probe (frozen)", "b: fine-tuned",
+        "from scratch (every run)"]
+    assert len(labels(label_efficiency_figure([("a", results(0.82)), ("b", results(0.81))]))) == 6
 
 
 def test_label_efficiency_section_says_how_to_get_it_when_no_run_has_it(tmp_path):

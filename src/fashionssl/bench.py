@@ -5,6 +5,9 @@ method table is made.
 
 A bench directory is resumable: a method whose run already holds `results.json` is read back, an
 interrupted one continues from its last epoch checkpoint, so a long comparison survives a kill.
+With label fractions (`--label-fractions`), each method's encoder is also judged on subsets of the
+labels (label_efficiency.py) and a second table compares them; a finished run whose results lack
+those numbers is evaluated again, not retrained.
 """
 
 import json
@@ -22,6 +25,7 @@ from .device import resolve_device
 from .encoders import build_encoder
 from .errors import UserError
 from .evaluate import evaluate_backbone, evaluate_checkpoint, evaluate_features
+from .label_efficiency import LABEL_EFFICIENCY_CLASSIFIERS, LabelFractions, same_scratch_baseline
 from .methods import METHODS
 from .report import write_report
 from .runlog import epoch_lines, write_json
@@ -63,15 +67,27 @@ def epoch_stats(run_dir: Path) -> dict[str, float]:
             "images_per_s": statistics.median(line["epoch_images_per_s"] for line in epochs)}
 
 
-def run_method(method: str, run_dir: Path, overrides: dict[str, Any]) -> dict:
+def has_label_fractions(results: dict, settings: LabelFractions) -> bool:
+    """Whether `results` already hold the label-efficiency numbers `settings` asks for."""
+    rows = results.get("label_fractions", {})
+    return (results.get("label_fractions_protocol") == settings.protocol()
+            and set(rows) == {f"{f:g}" for f in settings.fractions}
+            and (not settings.finetune or all("finetune_test_acc" in row for row in rows.values())))
+
+
+def run_method(method: str, run_dir: Path, overrides: dict[str, Any],
+               label_fractions: LabelFractions | None = None) -> dict:
     """Pretrain and evaluate one method into `run_dir`, reusing whatever a previous bench left there."""
-    if not (run_dir / "results.json").exists():
+    results_path = run_dir / "results.json"
+    if not results_path.exists():
         if (run_dir / "checkpoint.pt").exists():
             pretrain(resume=run_dir)
         else:
             pretrain(make_config(None, **{**overrides, "method": method, "out": str(run_dir)}))
-        evaluate_checkpoint(run_dir)
-    results = json.loads((run_dir / "results.json").read_text())
+        evaluate_checkpoint(run_dir, label_fractions=label_fractions)
+    elif label_fractions and not has_label_fractions(json.loads(results_path.read_text()), label_fractions):
+        evaluate_checkpoint(run_dir, label_fractions=label_fractions)
+    results = json.loads(results_path.read_text())
     return {"name": method, "run_dir": str(run_dir), **results, **epoch_stats(run_dir)}
 
 
@@ -102,10 +118,35 @@ def comparison_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def label_efficiency_table(rows: list[dict]) -> str:
+    """Markdown: test accuracy of each method's classifiers at each label fraction; the from-scratch
+    baseline gets one row of its own where every method's is the same (same architecture and seed)."""
+    measured = [r for r in rows if "label_fractions" in r]
+    fractions = list(measured[0]["label_fractions"])
+    cell = lambda row, key: f"{100 * row[key]:.2f}%" if key in row else ""  # noqa: E731
+    lines = ["| encoder | classifier | " + " | ".join(f"{float(f):.0%} labels" for f in fractions) + " |",
+             "|---|---|" + "---:|" * len(fractions)]
+    one_scratch = same_scratch_baseline([r["label_fractions"] for r in measured])
+    for r in measured:
+        name = r["name"] + (f" ({r.get('label_use', 'uses labels')})" if r.get("uses_labels") else "")
+        for key, label in LABEL_EFFICIENCY_CLASSIFIERS:
+            if key == "scratch" and one_scratch:
+                continue
+            values = [cell(r["label_fractions"][f], f"{key}_test_acc") for f in fractions]
+            if any(values):
+                lines.append(f"| {name} | {label} | " + " | ".join(values) + " |")
+    if one_scratch:
+        values = [cell(measured[0]["label_fractions"][f], "scratch_test_acc") for f in fractions]
+        lines.append(f"| {measured[0]['encoder']}, random init | from scratch | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | Path | None = None,
-          overrides: dict[str, Any] | None = None, report: bool = True) -> str:
+          overrides: dict[str, Any] | None = None, report: bool = True,
+          label_fractions: LabelFractions | None = None) -> str:
     """Run the comparison into `out` (one run directory per method) and return the Markdown table;
-    with `report`, also the HTML report comparing the runs (`out/report/report.html`).
+    with `report`, also the HTML report comparing the runs (`out/report/report.html`); with
+    `label_fractions`, also the label-efficiency table of every method.
 
     Budget: DEFAULT_BUDGET < the bench file's shared keys < `overrides` (command-line flags), then a
     method's own `[per_method.NAME]` table.
@@ -119,9 +160,11 @@ def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | P
     out = Path(out)
     rows = baseline_rows(reference.encoder, reference.data_dir, reference.val_size, reference.device, reference.seed)
     for name in methods:
-        rows.append(run_method(name, out / name, {**common, **per_method.get(name, {})}))
+        rows.append(run_method(name, out / name, {**common, **per_method.get(name, {})}, label_fractions))
         write_json(out / "comparison.json", {"budget": common, "per_method": per_method, "rows": rows})
     table = comparison_table(rows)
+    if label_fractions:
+        table += f"\n\nLabel efficiency ({label_fractions.protocol()}):\n\n{label_efficiency_table(rows)}"
     header = (f"Fashion-MNIST test accuracy, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads; budget: {json.dumps(common)}"
               + (f"; per method: {json.dumps(per_method)}" if per_method else ""))

@@ -66,6 +66,18 @@ def config_from_args(args: argparse.Namespace):
     return None
 
 
+def add_label_fraction_arguments(parser: argparse.ArgumentParser) -> None:
+    """The label-efficiency options, shared by `evaluate` and `bench`."""
+    parser.add_argument("--label-fractions", metavar="F,F,...",
+                        help="also probe on stratified subsets of the labels, e.g. 0.01,0.1,1.0, beside the same "
+                             "encoder trained from scratch on each subset")
+    parser.add_argument("--finetune", action="store_true",
+                        help="with --label-fractions: also fine-tune the whole encoder")
+    parser.add_argument("--finetune-steps", type=int, metavar="N",
+                        help="optimisation steps (batch 256) of each fine-tuning and from-scratch run, whatever the "
+                             "subset size (default 500)")
+
+
 def label_fractions_from_args(args: argparse.Namespace):
     from .label_efficiency import LabelFractions, parse_fractions
 
@@ -92,13 +104,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir")
     ev.add_argument("--device")
     ev.add_argument("--out", metavar="FILE.json", help="results file (default: results.json beside the checkpoint)")
-    ev.add_argument("--label-fractions", metavar="F,F,...",
-                    help="also probe on stratified subsets of the labels, e.g. 0.01,0.1,1.0, beside the same encoder "
-                         "trained from scratch on each subset")
-    ev.add_argument("--finetune", action="store_true", help="with --label-fractions: also fine-tune the whole encoder")
-    ev.add_argument("--finetune-steps", type=int, metavar="N",
-                    help="optimisation steps (batch 256) of each fine-tuning and from-scratch run, whatever the "
-                         "subset size (default 500)")
+    add_label_fraction_arguments(ev)
     bench = sub.add_parser("bench", help="compare methods at one budget against raw-pixel and untrained baselines",
                            description="Pretrain and evaluate each method with the same data, augmentation, encoder "
                                        "and epochs (default: every method, 10 epochs of the main job's recipe); writes "
@@ -110,6 +116,7 @@ def parser() -> argparse.ArgumentParser:
                        ("--data-dir", str), ("--device", str), ("--seed", int), ("--val-size", int),
                        ("--train-subset", int)):
         bench.add_argument(flag, type=kind)
+    add_label_fraction_arguments(bench)
     bench.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                        help="also write OUT/report/report.html comparing the runs (default on)")
     bench.add_argument("--out", default="runs/bench", help="bench directory, one run directory per method (default runs/bench)")
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             flags = {k: getattr(args, k) for k in ("encoder", "epochs", "batch_size", "lr", "data_dir", "device",
                                                    "seed", "val_size", "train_subset")}
             methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-            print(bench(args.out, methods, args.config, flags, args.report))
+            print(bench(args.out, methods, args.config, flags, args.report, label_fractions_from_args(args)))
             return 0
         if args.command == "evaluate":
             fractions = label_fractions_from_args(args)

@@ -44,6 +44,9 @@ from .schedules import warmup_cosine
 from .train import train_step
 
 MIN_VAL_PER_CLASS = 10
+# The classifiers of each fraction, as results name them (`{key}_test_acc`) and as tables label them.
+LABEL_EFFICIENCY_CLASSIFIERS = (("probe", "linear probe (frozen)"), ("finetune", "fine-tuned"),
+                                ("scratch", "from scratch"))
 # Lighter than pretraining's views: a classifier learns from what the crop keeps, and blur hides it.
 FINETUNE_AUGMENT = {"crop_scale": (0.5, 1.0), "blur_p": 0.0}
 EXAMPLE = "pass fractions of the labels in (0, 1], e.g. --label-fractions 0.01,0.1,1.0"
@@ -81,6 +84,13 @@ class LabelFractions:
             f"(the run's augmentation with {FINETUNE_AUGMENT}); scratch = the same architecture, randomly initialised",
             "test split used once per fraction and classifier",
         ])
+
+
+def same_scratch_baseline(by_run: Sequence[dict]) -> bool:
+    """Whether several runs' `label_fractions` results hold the same from-scratch accuracies (the
+    same architecture, seed and fractions), so that one baseline can stand for all of them."""
+    return len({repr(sorted((f, row.get("scratch_test_acc")) for f, row in results.items()))
+                for results in by_run}) == 1
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:

@@ -30,6 +30,7 @@ from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from .device import autocast_dtype, resolve_device
 from .errors import UserError
 from .evaluate import extract_features, load_trained
+from .label_efficiency import LABEL_EFFICIENCY_CLASSIFIERS, same_scratch_baseline
 from .methods import Method
 from .runlog import read_metrics
 
@@ -160,27 +161,38 @@ def knn_figure(runs: list[tuple[str, list[dict]]]) -> Figure:
     return fig
 
 
-# How each classifier of `fashionssl evaluate --label-fractions` is drawn: (results key, label, line style).
-LABEL_EFFICIENCY_LINES = (("probe", "linear probe (frozen)", "o-"), ("finetune", "fine-tuned", "s--"),
-                          ("scratch", "from scratch", "x:"))
+LINE_STYLES = {"probe": "o-", "finetune": "s--", "scratch": "x:"}  # per label-efficiency classifier
 
 
 def label_efficiency_figure(runs: list[tuple[str, dict]]) -> Figure:
     """Test accuracy against the number of labelled images (log scale) of every classifier of every
-    run's label-efficiency results: one colour per run, one line style per classifier."""
+    run's label-efficiency results: one colour per run, one line style per classifier; a from-scratch
+    baseline shared by every run is drawn once, in grey."""
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.subplots()
+    one_scratch = len(runs) > 1 and same_scratch_baseline([by_fraction for _, by_fraction in runs])
+
+    def draw(rows: list[dict], key: str, label: str, color: str) -> None:
+        points = [(row["n_labels"], 100 * row[f"{key}_test_acc"]) for row in rows if f"{key}_test_acc" in row]
+        if points:
+            ax.plot(*zip(*points), LINE_STYLES[key], color=color, ms=5, label=label)
+
     for i, (name, by_fraction) in enumerate(runs):
         rows = sorted(by_fraction.values(), key=lambda row: row["n_labels"])
-        for key, label, style in LABEL_EFFICIENCY_LINES:
-            points = [(row["n_labels"], 100 * row[f"{key}_test_acc"]) for row in rows if f"{key}_test_acc" in row]
-            if points:
-                ax.plot(*zip(*points), style, color=f"C{i}", ms=5, label=f"{name}: {label}" if len(runs) > 1 else label)
+        for key, label in LABEL_EFFICIENCY_CLASSIFIERS:
+            if not (key == "scratch" and one_scratch):
+                draw(rows, key, f"{name}: {label}" if len(runs) > 1 else label, f"C{i}")
+    if one_scratch:
+        draw(sorted(runs[0][1].values(), key=lambda row: row["n_labels"]), "scratch", "from scratch (every run)", "grey")
     ax.set_xscale("log")
     ax.set(title="label efficiency (test split)", xlabel="labelled images (training + validation subsets)",
            ylabel="accuracy (%)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    if len(runs) > 2:  # a long legend goes beside the axes, not over the lines
+        fig.set_figwidth(10)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    else:
+        ax.legend(fontsize=8)
     return fig
 
 
@@ -356,10 +368,10 @@ def label_efficiency_section(page: Page, runs: list[Run]) -> None:
     page.figure(label_efficiency_figure(measured), "label-efficiency.png",
                 "test accuracy when only a stratified fraction of the labels exists: a linear probe on the frozen "
                 "encoder, the encoder fine-tuned, and the same architecture trained from scratch on the same subset")
-    rows = [[name, fraction, f"{row['n_labels']:,}"] + [percent(row, f"{key}_test_acc") for key, _, _ in
-                                                        LABEL_EFFICIENCY_LINES]
+    rows = [[name, fraction, f"{row['n_labels']:,}"] + [percent(row, f"{key}_test_acc") for key, _ in
+                                                        LABEL_EFFICIENCY_CLASSIFIERS]
             for name, by_fraction in measured for fraction, row in by_fraction.items()]
-    page.table(["run", "fraction", "labelled images"] + [label for _, label, _ in LABEL_EFFICIENCY_LINES], rows)
+    page.table(["run", "fraction", "labelled images"] + [label for _, label in LABEL_EFFICIENCY_CLASSIFIERS], rows)
     protocol = next(r.results.get("label_fractions_protocol") for r in runs if r.results and "label_fractions" in r.results)
     if protocol:
         page.note(f"Protocol: {protocol}.")
