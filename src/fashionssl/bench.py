@@ -79,13 +79,14 @@ def run_method(method: str, run_dir: Path, overrides: dict[str, Any],
                label_fractions: LabelFractions | None = None) -> dict:
     """Pretrain and evaluate one method into `run_dir`, reusing whatever a previous bench left there."""
     results_path = run_dir / "results.json"
-    if not results_path.exists():
+    evaluated = results_path.exists()
+    if not evaluated:
         if (run_dir / "checkpoint.pt").exists():
             pretrain(resume=run_dir)
         else:
             pretrain(make_config(None, **{**overrides, "method": method, "out": str(run_dir)}))
-        evaluate_checkpoint(run_dir, label_fractions=label_fractions)
-    elif label_fractions and not has_label_fractions(json.loads(results_path.read_text()), label_fractions):
+    if not evaluated or (label_fractions and not has_label_fractions(json.loads(results_path.read_text()),
+                                                                     label_fractions)):
         evaluate_checkpoint(run_dir, label_fractions=label_fractions)
     results = json.loads(results_path.read_text())
     return {"name": method, "run_dir": str(run_dir), **results, **epoch_stats(run_dir)}
@@ -103,12 +104,17 @@ def baseline_rows(encoder: str, data_dir: str | None, val_size: int, device: str
     return [raw, {"name": f"untrained {encoder} (seed {seed})", **untrained}]
 
 
+def row_name(row: dict) -> str:
+    """A table row's name, with how the method uses labels when it does."""
+    return row["name"] + (f" ({row.get('label_use', 'uses labels')})" if row.get("uses_labels") else "")
+
+
 def comparison_table(rows: list[dict]) -> str:
     """Markdown: one row per baseline or method; methods that learn from labels say so."""
     lines = ["| features | linear probe | kNN k=200 | zero-shot | pretraining | median epoch | images/s | evaluation |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        name = r["name"] + (f" ({r.get('label_use', 'uses labels')})" if r.get("uses_labels") else "")
+        name = row_name(r)
         zero_shot = f"{100 * r['zero_shot_test_acc']:.2f}%" if "zero_shot_test_acc" in r else ""
         pretrain_time = f"{r['pretrain_seconds'] / 60:.1f} min" if "pretrain_seconds" in r else ""
         epoch = f"{r['median_epoch_seconds']:.1f} s" if "median_epoch_seconds" in r else ""
@@ -128,7 +134,7 @@ def label_efficiency_table(rows: list[dict]) -> str:
              "|---|---|" + "---:|" * len(fractions)]
     one_scratch = same_scratch_baseline([r["label_fractions"] for r in measured])
     for r in measured:
-        name = r["name"] + (f" ({r.get('label_use', 'uses labels')})" if r.get("uses_labels") else "")
+        name = row_name(r)
         for key, label in LABEL_EFFICIENCY_CLASSIFIERS:
             if key == "scratch" and one_scratch:
                 continue
