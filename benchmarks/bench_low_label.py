@@ -1,0 +1,65 @@
+"""Headroom at few labels: variants of the label-efficiency protocol on one encoder, scored on the
+whole validation split (5,000 images; never the test split), so that they may be compared and
+chosen between without touching the test set.
+
+    .venv/bin/python benchmarks/bench_low_label.py runs/bench10/simclr --fraction 0.01
+
+Rows: the frozen linear probe fitted on the labelled training subset at each weight decay; kNN with
+that subset as the bank at several k; the label-efficiency routine's fine-tuning of the encoder and
+its from-scratch baseline (`label_efficiency.train_classifier`, the settings of `evaluate
+--label-fractions --finetune`).
+"""
+
+import argparse
+import copy
+import dataclasses
+import time
+
+from fashionssl.augment import make_config
+from fashionssl.data import load_fashion_mnist
+from fashionssl.device import autocast_dtype, resolve_device
+from fashionssl.evaluate import (accuracy, extract_features, fit_linear_classifier, knn_predict, load_trained,
+                                 standardize)
+from fashionssl.label_efficiency import (FINETUNE_AUGMENT, LabelFractions, classifier_accuracy, label_subsets,
+                                         reinitialised, take, train_classifier)
+
+WEIGHT_DECAYS = (10, 3, 1, 0.3, 0.1, 0.03, 0.01, 1e-3)
+KNN_K = (10, 20, 50)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir")
+    p.add_argument("--fraction", type=float, default=0.01)
+    p.add_argument("--data-dir")
+    a = p.parse_args()
+    cfg, model, epochs = load_trained(a.run_dir)
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(cfg.precision, device)
+    data = load_fashion_mnist(a.data_dir or cfg.data_dir, cfg.val_size)
+    aug = make_config(cfg.augment, **cfg.augment_options)
+    backbone = model.backbone.to(device)
+    train = take(data.train, label_subsets(data, a.fraction, seed=0)[0])
+    val_y = data.val.labels.to(device)
+    print(f"{time.strftime('%Y-%m-%d')}, {cfg.method} {cfg.encoder} {epochs} epochs ({a.run_dir}), "
+          f"{len(train)} labelled training images; accuracy on all {len(data.val)} validation images\n")
+    print("| classifier | validation accuracy |\n|---|---:|")
+
+    features = [extract_features(backbone, s.images, aug, device, autocast_dtype=amp) for s in (train, data.val)]
+    x, val_x = standardize(*features)
+    y, previous = train.labels.to(device), None
+    for wd in WEIGHT_DECAYS:  # strong to weak, each fit warm-started from the previous one
+        previous = fit_linear_classifier(x, y, wd, init=previous)
+        print(f"| frozen probe, weight decay {wd:g} | {100 * accuracy(previous(val_x).argmax(1), val_y):.2f}% |")
+    for k in KNN_K:  # cosine similarity of the raw features, as evaluation's kNN
+        print(f"| kNN, k = {k} | {100 * accuracy(knn_predict(features[0], y, features[1], k=k), val_y):.2f}% |")
+
+    settings = LabelFractions((a.fraction,), finetune=True)
+    train_aug = dataclasses.replace(aug, **FINETUNE_AUGMENT)
+    for name, start in (("fine-tuned", copy.deepcopy(backbone)), ("from scratch", reinitialised(backbone, settings.seed))):
+        classifier = train_classifier(start, train, train_aug, device, settings, amp, desc=name)
+        print(f"| {name} ({settings.steps} steps) | {100 * classifier_accuracy(classifier, data.val, aug, device, amp):.2f}% |")
+
+
+if __name__ == "__main__":
+    main()
