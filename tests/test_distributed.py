@@ -128,6 +128,12 @@ def step_results(tmp_path_factory):
 def test_two_processes_take_the_steps_of_one_with_the_global_batch(step_results, method):
     single, multi = step_results[method]
     initial = build_training_model(step_config(method), torch.device("cpu")).state_dict()
+    # Tolerances: float32 rounding only. One process and two sum in different orders (kernels block a
+    # batch of 8 and of 16 differently, the all-reduce adds halves), so results differ in the last bits,
+    # which two SGD steps carry into the updates. The same steps in float64 agree to 1e-15, so the maths
+    # is the same; measured worst |difference| / tolerance over every method: 0.04 (AMD EPYC, native and
+    # generic AVX2 kernels). Past the tolerance lies a real difference: the one-pass E[x^2] - E[x]^2
+    # variance that SyncBatchNorm once used reached 6x it (see distributed.combine_moments).
     assert multi["losses"] == pytest.approx(single["losses"], rel=1e-5, abs=1e-6)
     moved = 0
     for name, value in single["state"].items():
@@ -145,6 +151,30 @@ def test_a_bad_timeout_is_a_user_error(monkeypatch, value):
     monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
     with pytest.raises(UserError, match=distributed.TIMEOUT_ENV):
         distributed.collective_timeout()
+
+
+def test_combine_moments_of_groups_is_the_whole_batch_mean_and_variance():
+    # Known answer: groups [1, 2, 3] and [10, 20] -> mean 7.2, biased variance 254.8 / 5 = 50.96
+    counts = torch.tensor([3.0, 2.0])
+    means = torch.tensor([[2.0], [15.0]])
+    m2s = torch.tensor([[2.0], [50.0]])  # (1-2)^2 + 0 + (3-2)^2; (10-15)^2 + (20-15)^2
+    n, mean, var = distributed.combine_moments(counts, means, m2s)
+    assert n.item() == 5 and mean.item() == pytest.approx(7.2) and var.item() == pytest.approx(50.96)
+
+
+def test_combine_moments_keeps_float32_digits_where_the_mean_dwarfs_the_spread():
+    # Channels with mean 1000 and std 0.1: float32 E[x^2] - E[x]^2 cancels 7 digits and gets the
+    # variance wrong by more than 10%; the combination stays within 1e-4 of float64's answer.
+    x = 1000 + 0.1 * torch.randn(2, 64, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    parts = x.float()
+    means = parts.mean(1)
+    m2s = (parts - means[:, None]).square().sum(1)
+    _, mean, var = distributed.combine_moments(torch.tensor([64.0, 64.0]), means, m2s)
+    expected = x.flatten(0, 1).var(0, unbiased=False)
+    torch.testing.assert_close(var.double(), expected, rtol=1e-4, atol=0)
+    flat = parts.flatten(0, 1)
+    one_pass = flat.square().mean(0) - flat.mean(0).square()
+    assert ((one_pass.double() - expected).abs() / expected).max() > 0.1
 
 
 def test_sync_batchnorm_keeps_batchnorm_state_dict_keys():
