@@ -6,6 +6,7 @@ threads is the same in every row (`--threads`, split evenly over the processes),
 rows compare how the work is divided, not how much hardware it gets.
 
     .venv/bin/python benchmarks/bench_scaling.py --processes 1,2
+    python benchmarks/bench_scaling.py --processes 1,2,4,8 --device cuda   # one GPU per process
 """
 
 import argparse
@@ -38,10 +39,12 @@ def main() -> None:
     p.add_argument("--method", default="simclr")
     p.add_argument("--train-subset", type=int, default=10240)
     p.add_argument("--batch-size", type=int, default=512, help="the global batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (each process takes the GPU of its LOCAL_RANK)")
     a = p.parse_args()
     args = ["--method", a.method, "--epochs", "2", "--warmup-epochs", "0", "--train-subset", str(a.train_subset),
-            "--batch-size", str(a.batch_size), "--knn-every", "0"]
-    print(f"{time.strftime('%Y-%m-%d')}, {a.threads} threads in all, {a.method} cnn-bn, global batch {a.batch_size}")
+            "--batch-size", str(a.batch_size), "--knn-every", "0", "--device", a.device]
+    print(f"{time.strftime('%Y-%m-%d')}, {a.threads} threads in all, {a.method} cnn-bn, global batch {a.batch_size}, "
+          f"device {a.device}")
     rows = [(n, images_per_s(n, a.threads, args)) for n in map(int, a.processes.split(","))]
     print("\n| processes | threads each | images/s | vs 1 process |\n|---:|---:|---:|---:|")
     for n, speed in rows:

@@ -183,6 +183,7 @@ def test_captions_replay_from_the_saved_step_and_seed():
     assert model.step.item() == 5 and not torch.equal(first, model.sample_captions(labels))
     resumed = make(seed=1)
     assert not torch.equal(resumed.caption_seed, model.caption_seed)  # the seed comes from cfg.seed's RNG
+    resumed.sample_captions(labels)  # the host's copy of its own counters, which loading must replace
     resumed.load_state_dict(model.state_dict())
     assert torch.equal(resumed.sample_captions(labels), model.sample_captions(labels))
 

@@ -40,6 +40,42 @@ def test_output_shape_and_feature_dim(encoders, name):
         torch.testing.assert_close(model(x[1:2]), out[1:2], atol=1e-5, rtol=1e-4)
 
 
+def relu_before_pool(net: nn.Module) -> nn.Sequential:
+    """The usual stage order conv, (BN,) ReLU, max-pool, with `net`'s own layer objects."""
+    layers, pending = [], None
+    for layer in net.features:
+        if isinstance(layer, nn.MaxPool2d):
+            pending = layer
+        elif isinstance(layer, nn.ReLU):
+            layers += [layer, pending]
+        else:
+            layers.append(layer)
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("name", ["cnn", "cnn-bn"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_pool_before_relu_is_exactly_the_usual_stage(name, precision, layout):
+    # ReLU commutes with a maximum, and both are exact: outputs and every gradient are bit-identical,
+    # in training mode (BatchNorm on batch statistics), in fp32 and under bf16 autocast.
+    torch.manual_seed(0)
+    net = build_encoder(name).to(memory_format=layout)
+    usual = relu_before_pool(net)
+    assert [type(m) for m in usual] != [type(m) for m in net.features]  # really another order
+    x = torch.randn(16, 1, 28, 28).contiguous(memory_format=layout)
+    results = []
+    for features in (net.features, usual):
+        net.zero_grad()
+        inputs = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = features(inputs)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        results.append([out, inputs.grad, *(p.grad.clone() for p in net.features.parameters())])
+    for fast, plain in zip(*results, strict=True):
+        torch.testing.assert_close(fast, plain, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", sorted(FEATURE_DIMS))
 def test_channels_last_input_gives_same_features(encoders, name):
     model = encoders[name]

@@ -29,7 +29,12 @@ from .errors import UserError
 
 class ConvNet(nn.Module):
     """Three conv stages (32, 64, 128 channels, each halving the size: 28 -> 14 -> 7 -> 3), flattened,
-    then a linear layer to `fc_dim` features (None: no linear layer, 1152 features)."""
+    then a linear layer to `fc_dim` features (None: no linear layer, 1152 features).
+
+    Each stage is conv, (BatchNorm,) max-pool, ReLU: the function of the usual conv, (BN,) ReLU,
+    max-pool, exactly, outputs and gradients alike (ReLU is monotone, so it commutes with a maximum),
+    but ReLU's forward and backward then pass over a quarter of the pixels.
+    """
 
     def __init__(self, batch_norm: bool = False, fc_dim: int | None = 256, width: int = 32):
         super().__init__()
@@ -39,7 +44,7 @@ class ConvNet(nn.Module):
             layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(c_out))
-            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [nn.MaxPool2d(2), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         flat_dim = channels[-1] * 3 * 3
         self.fc = nn.Linear(flat_dim, fc_dim) if fc_dim else nn.Identity()

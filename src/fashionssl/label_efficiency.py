@@ -182,8 +182,8 @@ def train_classifier(backbone: nn.Module, train: Split, aug: augment.AugmentConf
         index = order[step]
         views = [v.contiguous(memory_format=torch.channels_last)
                  for v in augment.views(images[index], aug, generator, model.view_spec)]
-        loss, _ = train_step(model, model, optimizer, views, labels[index], lrs[step], step, settings.steps,
-                             autocast_dtype)
+        loss = train_step(model, model, optimizer, views, labels[index], lrs[step], step, settings.steps,
+                          autocast_dtype)["loss"].item()
         if not math.isfinite(loss):
             raise UserError(f"{desc}: loss became {loss} at step {step + 1}; lower the fine-tuning lr")
     return nn.Sequential(model.backbone, model.classifier).eval()

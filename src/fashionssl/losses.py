@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 
+from .device import at_least_float32
 from .distributed import all_reduce_sum, gather, gather_with_grad, rank
 
 
@@ -19,7 +20,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     the mean of the ranks' losses is the loss of the global batch, negatives from every rank.
     """
     n = z1.shape[0]
-    anchors = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2n, D): this rank's views
+    anchors = F.normalize(at_least_float32(torch.cat([z1, z2])), dim=1)  # (2n, D): this rank's views
     # One all-gather of both views, then regrouped view-major: (2N, D) = view 1 of all N, view 2 of all N.
     everyone = gather_with_grad(anchors)  # (W * 2n, D), rank-major
     candidates = everyone.view(-1, 2, n, everyone.shape[1]).transpose(0, 1).reshape(-1, everyone.shape[1])
@@ -45,9 +46,9 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temper
     Distributed: the negatives are the queue this process holds; nothing is gathered here. Under
     DDP the caller must gather keys from every process before enqueueing them.
     """
-    q = F.normalize(query.float(), dim=1)
-    k = F.normalize(key.float(), dim=1)
-    negatives = F.normalize(queue.float(), dim=1)
+    q = F.normalize(at_least_float32(query), dim=1)
+    k = F.normalize(at_least_float32(key), dim=1)
+    negatives = F.normalize(at_least_float32(queue), dim=1)
     positive = (q * k).sum(1, keepdim=True)  # (N, 1)
     negative = q @ negatives.T  # (N, K)
     logits = torch.cat([positive, negative], dim=1) / temperature  # (N, 1 + K), the positive in column 0
@@ -62,7 +63,7 @@ def normalized_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     caller's to apply (BYOL's target network has no gradient at all). Per-sample: no cross-sample
     terms, so it needs no gathering under DDP.
     """
-    return (2 - 2 * F.cosine_similarity(prediction.float(), target.float(), dim=1)).mean()
+    return (2 - 2 * F.cosine_similarity(at_least_float32(prediction), at_least_float32(target), dim=1)).mean()
 
 
 def negative_cosine(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,7 @@ def negative_cosine(prediction: torch.Tensor, target: torch.Tensor) -> torch.Ten
     The stop-gradient D(p1, stopgrad(z2)) is the caller's to apply. Per-sample: nothing to gather
     under DDP.
     """
-    return -F.cosine_similarity(prediction.float(), target.float(), dim=1).mean()
+    return -F.cosine_similarity(at_least_float32(prediction), at_least_float32(target), dim=1).mean()
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
@@ -90,8 +91,8 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     the ranks' gradients this is the gradient of the global-batch loss. In one process it is the
     plain N x N loss.
     """
-    image = F.normalize(image_emb.float(), dim=1)
-    text = F.normalize(text_emb.float(), dim=1)
+    image = F.normalize(at_least_float32(image_emb), dim=1)
+    text = F.normalize(at_least_float32(text_emb), dim=1)
     targets = torch.arange(len(image), device=image.device) + rank() * len(image)  # own pairs' global rows
     image_to_text = logit_scale * image @ gather_with_grad(text).T  # (N, world * N)
     text_to_image = logit_scale * text @ gather_with_grad(image).T
@@ -112,7 +113,7 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
     codes are those of the global batch under torchrun. Scores are shifted by their global maximum
     first: the normalisations cancel any constant, and exp cannot overflow.
     """
-    scores = scores.float()
+    scores = at_least_float32(scores)
     batch = all_reduce_sum(torch.tensor(float(len(scores)), device=scores.device))
     q = torch.exp((scores - gather(scores.max().view(1)).max()) / epsilon).T  # (K, B)
     prototypes = q.shape[0]
@@ -132,9 +133,9 @@ def swapped_prediction(scores: torch.Tensor, codes: torch.Tensor, temperature: f
     v != i, the cross-entropy -sum_k q_i log softmax(scores_v / temperature), averaged over the
     batch, over the V - 1 views and over the G codes. Per-sample given the codes: nothing to gather.
     """
-    log_p = F.log_softmax(scores.float() / temperature, dim=-1)  # (V, B, K)
-    total = scores.new_zeros((), dtype=torch.float32)
-    for i, q in enumerate(codes.float()):
+    log_p = F.log_softmax(at_least_float32(scores) / temperature, dim=-1)  # (V, B, K)
+    total = log_p.new_zeros(())
+    for i, q in enumerate(at_least_float32(codes)):
         others = torch.cat([log_p[:i], log_p[i + 1:]])  # (V - 1, B, K)
         total = total - (q * others).sum(-1).mean()
     return total / len(codes)
@@ -151,8 +152,8 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
     over the batch and the pairs. Centring keeps one dimension from dominating and sharpening keeps
     the output from going uniform; the teacher gets no gradient.
     """
-    log_p = F.log_softmax(student.float() / student_temperature, dim=-1)  # (V, B, D)
-    targets = F.softmax((teacher.float() - center) / teacher_temperature, dim=-1).detach()  # (G, B, D)
+    log_p = F.log_softmax(at_least_float32(student) / student_temperature, dim=-1)  # (V, B, D)
+    targets = F.softmax((at_least_float32(teacher) - center) / teacher_temperature, dim=-1).detach()  # (G, B, D)
     total, pairs = log_p.new_zeros(()), 0
     for i, t in enumerate(targets):
         for v, lp in enumerate(log_p):
@@ -166,6 +167,84 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
 def dino_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
     """The new centre: momentum * center + (1 - momentum) * the mean teacher logit over the global
     batch (every view and sample of every process). teacher: (..., D); center: (D,)."""
-    flat = teacher.float().reshape(-1, teacher.shape[-1])
+    flat = at_least_float32(teacher).reshape(-1, teacher.shape[-1])
     total = all_reduce_sum(torch.cat([flat.sum(0), flat.new_tensor([len(flat)])]))
     return momentum * center + (1 - momentum) * total[:-1] / total[-1]
+
+
+def _global_views(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both views' embeddings of the whole global batch, (N, D) each in rank order, in fp32 (or
+    wider), from one differentiable all-gather (the batch itself in one process)."""
+    n, d = z1.shape
+    everyone = gather_with_grad(at_least_float32(torch.cat([z1, z2])))  # (W * 2n, D), rank-major
+    everyone = everyone.view(-1, 2, n, d).transpose(0, 1).reshape(2, -1, d)  # (2, N, D), view-major
+    return everyone[0], everyone[1]
+
+
+def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """The d(d-1) off-diagonal entries of a square matrix, flattened (the official codes' off_diagonal)."""
+    d = m.shape[0]
+    return m.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float = 5e-3,
+                      eps: float = 1e-5) -> torch.Tensor:
+    """Barlow Twins' redundancy-reduction loss on the cross-correlation matrix of the two views.
+
+    "L = sum_i (1 - C_ii)^2 + lambda sum_i sum_{j != i} C_ij^2 [...] C is the cross-correlation
+    matrix computed between the outputs of the two identical networks along the batch dimension"
+    (Zbontar et al., 2021). The first term makes each embedding dimension invariant to the
+    augmentation (C_ii -> 1), the second decorrelates different dimensions (C_ij -> 0), so the
+    embedding cannot collapse onto a few directions. z1, z2: (N, D), row i of each from the same image.
+
+    Normalisation: each view's dimensions are standardised over the batch with the BIASED std
+    (divide by N) plus `eps` inside the square root, as the official code does with
+    `BatchNorm1d(D, affine=False)` (eps 1e-5), and C = z1n.T @ z2n / N. C is then exactly the
+    Pearson correlation matrix (eps = 0): C_ii = 1 for perfectly correlated views, and the loss
+    reaches 0. The paper's pseudo-code (Algorithm 1) writes `z.std(0)`, torch's UNBIASED std (N - 1),
+    with the same / N; its C_ii can reach only (N-1)/N.
+
+    Several processes: z1, z2 are this rank's n images; the means, stds and C are those of the
+    global batch (gathered with gradient), and every rank returns the same global loss L. That is
+    its share in the module convention (the mean over ranks is L): the gather's backward sums the W
+    ranks' identical gradients, W dL/dz for each rank's own rows, and DDP's average over W ranks
+    then gives exactly the single-process gradient. (Returning L / W would make it W times too small,
+    as does summing C over ranks with a plain, non-differentiable all_reduce: lightly's issue #1977.)
+    """
+    a, b = _global_views(z1, z2)  # every rank: the global batch, so the same global loss (not / W: docstring)
+    n = len(a)
+    a = (a - a.mean(0)) / torch.sqrt(a.var(0, unbiased=False) + eps)
+    b = (b - b.mean(0)) / torch.sqrt(b.var(0, unbiased=False) + eps)
+    c = a.T @ b / n  # (D, D) cross-correlation
+    return (torch.diagonal(c) - 1).square().sum() + lambda_offdiag * _off_diagonal(c).square().sum()
+
+
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0,
+                cov_coeff: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg's variance-invariance-covariance loss of two views' embeddings z1, z2: (N, D).
+
+    "l(Z, Z') = lambda s(Z, Z') + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')]" (Bardes, Ponce & LeCun, 2022),
+    in the official code's form and weights (sim_coeff, std_coeff, cov_coeff = 25, 25, 1):
+    - invariance: F.mse_loss(z1, z2), the mean over samples AND dimensions of the squared difference;
+    - variance: mean_j relu(1 - sqrt(Var(z1_j) + eps)) / 2 + the same for z2, a hinge that keeps
+      every dimension's std over the batch at 1 or more, so the embeddings cannot collapse to a point;
+    - covariance: sum of squared off-diagonal entries of Cov(z1), divided by D, + the same for z2,
+      which decorrelates dimensions (no collapse onto a few directions).
+    Var and Cov are the UNBIASED ones (divide by N - 1), as torch's var and the official code's
+    x.T @ x / (batch_size - 1) on centred x.
+
+    Several processes, as the official code: the invariance term is per-sample, so each rank takes
+    the mean over its own n images (equal shards: the mean over ranks is the global MSE); the variance
+    and covariance are those of the global batch (gathered with gradient), the same on every rank. The
+    mean over ranks is then the global loss, and with the gather's backward summing the ranks'
+    gradients and DDP averaging them, the gradient is the single-process one (see barlow_twins_loss).
+    """
+    invariance = F.mse_loss(at_least_float32(z1), at_least_float32(z2))
+    a, b = _global_views(z1, z2)
+    d = a.shape[1]
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    variance = (F.relu(1 - torch.sqrt(a.var(0) + eps)).mean() + F.relu(1 - torch.sqrt(b.var(0) + eps)).mean()) / 2
+    covariance = (_off_diagonal(a.T @ a / (len(a) - 1)).square().sum()
+                  + _off_diagonal(b.T @ b / (len(b) - 1)).square().sum()) / d
+    return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance

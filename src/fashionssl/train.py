@@ -25,7 +25,7 @@ from . import augment
 from .checkpoint import load_checkpoint, load_into, resolve_checkpoint, save_checkpoint
 from .config import Config, config_from_dict
 from .data import FashionMNIST, load_fashion_mnist
-from .device import autocast_dtype, resolve_device
+from .device import autocast_dtype, keep_freed_host_memory, resolve_device
 from .distributed import (is_main_process, main_process_decides, mean_over_ranks, process_device,
                           rank, shard_batches, sync_batchnorm, world_size)
 from .errors import UserError
@@ -113,9 +113,10 @@ def training_forward(model: Method, device: torch.device, compile: bool) -> torc
 
 def train_step(forward: torch.nn.Module, model: Method, optimizer: torch.optim.Optimizer, views: list[torch.Tensor],
                labels: torch.Tensor, lr: float, step: int, total_steps: int,
-               amp: torch.dtype | None) -> tuple[float, dict[str, float]]:
-    """One optimizer step on this rank's share of the global batch. Returns the loss and the
-    method's extra logs as means over ranks: the global batch's values, the same on every rank."""
+               amp: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """One optimizer step on this rank's share of the global batch. Returns this rank's loss and
+    the method's extra logs ("loss" first), detached float scalars left on the device: reading one
+    makes the host wait for the device, so the loop reads them every `log_every` steps, not each step."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(views[0].device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
@@ -124,9 +125,15 @@ def train_step(forward: torch.nn.Module, model: Method, optimizer: torch.optim.O
     loss.backward()
     optimizer.step()
     model.after_step(step, total_steps)
-    values = mean_over_ranks(torch.stack([loss.detach().float(), *(v.detach().float() for v in extras.values())]))
-    loss_value, *extra_values = values.tolist()
-    return loss_value, dict(zip(extras, extra_values))
+    return {"loss": loss.detach().float(), **{name: value.detach().float() for name, value in extras.items()}}
+
+
+def read_window(values: list[dict[str, torch.Tensor]]) -> tuple[list[str], list[list[float]]]:
+    """(names, one row per step) of the steps' values (train_step's) as means over ranks, the global
+    batch's, the same on every rank: one collective and one wait for the device for the whole window.
+    Every rank must call it at the same steps."""
+    rows = mean_over_ranks(torch.stack([torch.stack(list(v.values())) for v in values])).tolist()
+    return list(values[0]), rows
 
 
 def knn_monitor(model: Method, data: FashionMNIST, aug: augment.AugmentConfig, cfg: Config,
@@ -192,8 +199,9 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     saved_epoch = start_epoch
     # Tiny gradients turn into denormal floats, which x86 CPUs process up to 7x slower (measured:
     # fp32 steps swung between 180 and 1,300 images/s); flushing them to zero costs no accuracy.
-    # Process-wide, so it is switched off again when training ends.
+    # Process-wide, so it is switched off again when training ends; so is the host memory policy.
     torch.set_flush_denormal(True)
+    restore_host_memory = keep_freed_host_memory(device)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
@@ -201,7 +209,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
             order = shard_batches(order, global_batch).to(device)
             aug_generator = torch.Generator(device).manual_seed(stream_seed(cfg.seed, epoch, 1, rank()))
             epoch_start, window_start = time.perf_counter(), time.perf_counter()
-            loss_sum, extras_sum = 0.0, {}
+            sums: dict[str, float] = {}
+            window: list[dict[str, torch.Tensor]] = []  # the steps' values not read yet
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
             for i in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + i
@@ -209,26 +218,35 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
                 views = augment.views(images[index], aug, aug_generator, model.view_spec)
                 if cfg.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                loss_value, extras = train_step(forward, model, optimizer, views, labels[index], lrs[step], step,
-                                                total_steps, amp)
-                if not math.isfinite(loss_value):
-                    raise UserError(f"loss became {loss_value} at step {step + 1} (epoch {epoch + 1}); run stopped. "
-                                    f"{last_good(run_dir, epoch)} Try a lower --lr.")
-                loss_sum += loss_value
-                for name, value in extras.items():
-                    extras_sum[name] = extras_sum.get(name, 0.0) + value
+                window.append(train_step(forward, model, optimizer, views, labels[index], lrs[step], step,
+                                         total_steps, amp))
                 bar.update(global_batch)
-                if main and (step + 1) % cfg.log_every == 0:
+                log_now = (step + 1) % cfg.log_every == 0
+                if not (log_now or i + 1 == steps_per_epoch):
+                    continue
+                # Read every log_every steps and at the epoch's end: a non-finite loss stops the run
+                # within one logging interval, naming the step where it appeared.
+                names, rows = read_window(window)
+                for offset, row in enumerate(rows):
+                    if not math.isfinite(row[0]):
+                        bad_step = step - len(rows) + offset + 1
+                        raise UserError(f"loss became {row[0]} at step {bad_step + 1} (epoch {epoch + 1}); run "
+                                        f"stopped. {last_good(run_dir, epoch)} Try a lower --lr.")
+                    for name, value in zip(names, row):
+                        sums[name] = sums.get(name, 0.0) + value
+                window = []
+                if main and log_now:
                     now = time.perf_counter()
                     speed = cfg.log_every * global_batch / (now - window_start)
                     window_start = now
-                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lrs[step]:.2e}", refresh=False)
-                    log.log(step + 1, loss=loss_value, lr=lrs[step], images_per_s=speed, **extras)
+                    loss, *extras = rows[-1]
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lrs[step]:.2e}", refresh=False)
+                    log.log(step + 1, loss=loss, lr=lrs[step], images_per_s=speed, **dict(zip(names[1:], extras)))
 
             epoch_time = time.perf_counter() - epoch_start
-            summary = {"epoch": epoch + 1, "epoch_loss": loss_sum / steps_per_epoch, "epoch_seconds": epoch_time,
-                       "epoch_images_per_s": steps_per_epoch * global_batch / epoch_time,
-                       **{f"epoch_{name}": value / steps_per_epoch for name, value in extras_sum.items()}}
+            means = {f"epoch_{name}": value / steps_per_epoch for name, value in sums.items()}
+            summary = {"epoch": epoch + 1, "epoch_loss": means.pop("epoch_loss"), "epoch_seconds": epoch_time,
+                       "epoch_images_per_s": steps_per_epoch * global_batch / epoch_time, **means}
             if not all_finite(model):
                 raise UserError(f"weights or BatchNorm statistics became non-finite during epoch {epoch + 1} (the loss "
                                 f"stayed finite); run stopped. {last_good(run_dir, epoch)} Try a lower --lr.")
@@ -249,6 +267,7 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
         raise KeyboardInterrupt(f"interrupted in epoch {saved_epoch + 1}. {last_good(run_dir, saved_epoch)}") from None
     finally:
         torch.set_flush_denormal(False)
+        restore_host_memory()
         bar.close()
         if log:
             log.close()

@@ -6,6 +6,7 @@ from torch import nn
 
 from ..encoders import build_encoder
 from ..errors import UserError
+from .barlow import BarlowTwins
 from .base import Method
 from .byol import BYOL
 from .clip import CLIP
@@ -16,6 +17,7 @@ from .simclr import SimCLR
 from .simsiam import SimSiam
 from .supervised import Supervised
 from .swav import SwAV
+from .vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -27,6 +29,8 @@ METHODS: dict[str, type[Method]] = {
     "swav": SwAV,
     "dino": DINO,
     "clip": CLIP,
+    "barlow": BarlowTwins,
+    "vicreg": VICReg,
 }
 
 

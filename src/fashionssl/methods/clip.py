@@ -27,6 +27,7 @@ from torch import nn
 
 from ..augment import ViewSpec
 from ..captions import VOCAB, CaptionSampler, prompts, tokenize
+from ..device import at_least_float32
 from ..distributed import gather, rank
 from ..heads import mlp_head
 from ..losses import clip_loss
@@ -72,13 +73,19 @@ class CLIP(Method):
         self.captions = CaptionSampler()
         self.register_buffer("caption_seed", torch.randint(0, 2**62, ()))  # from the seeded global RNG
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # optimizer steps taken
+        # The host's copy of (caption_seed, step): reading the buffers on a GPU would make every step
+        # wait for the device. None until first needed, and again after a checkpoint is loaded.
+        self._host_counters: tuple[int, int] | None = None
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_host_counters", None))
 
     def sample_captions(self, labels: torch.Tensor) -> torch.Tensor:
         """This step's captions (B, L) for `labels`: a function of (caption_seed, step) and the global
         batch's labels only. Under torchrun every rank draws the captions of the whole global batch
         (labels gathered; a few kB) and keeps its own rows, so N processes draw exactly the captions
         one process would."""
-        seed = np.random.SeedSequence([self.caption_seed.item(), self.step.item()]).generate_state(1, np.uint64)
+        if self._host_counters is None:
+            self._host_counters = (int(self.caption_seed), int(self.step))
+        seed = np.random.SeedSequence(list(self._host_counters)).generate_state(1, np.uint64)
         captions = self.captions(gather(labels), torch.Generator(labels.device).manual_seed(int(seed[0] >> 1)))
         return captions[rank() * len(labels):(rank() + 1) * len(labels)]
 
@@ -92,6 +99,8 @@ class CLIP(Method):
     def after_step(self, step, total_steps):
         self.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
         self.step.fill_(step + 1)
+        if self._host_counters is not None:
+            self._host_counters = (self._host_counters[0], step + 1)
 
     @torch.no_grad()
     def class_embeddings(self) -> torch.Tensor:
@@ -99,13 +108,13 @@ class CLIP(Method):
         mean renormalised (CLIP's prompt ensembling)."""
         per_class = prompts()
         tokens = tokenize([p for ps in per_class for p in ps], self.captions.table.shape[-1])
-        text = F.normalize(self.text_encoder(tokens.to(self.step.device)).float(), dim=1)
+        text = F.normalize(at_least_float32(self.text_encoder(tokens.to(self.step.device))), dim=1)
         return F.normalize(text.view(len(per_class), -1, text.shape[1]).mean(1), dim=1)
 
     @torch.no_grad()
     def zero_shot_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Backbone features (N, feature_dim) -> (N, 10) cosine similarities with the class embeddings."""
-        image = F.normalize(self.image_projector(features).float(), dim=1)
+        image = F.normalize(at_least_float32(self.image_projector(features)), dim=1)
         return image @ self.class_embeddings().T
 
     def extra_evaluation(self, features):

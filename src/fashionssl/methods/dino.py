@@ -10,6 +10,7 @@ low temperature (which stops the output from becoming uniform).
 
 import torch
 
+from ..device import at_least_float32
 from ..heads import DINOHead
 from ..losses import dino_center, dino_loss
 from .base import Method, check_option, check_size, ema_update, encode_views, frozen_copy, multi_crop_spec, target_momentum
@@ -81,7 +82,7 @@ class DINO(Method):
         if self.training:
             self._new_center = dino_center(self.center, teacher, self.center_momentum)
         with torch.no_grad():
-            p = torch.softmax((teacher.float() - self.center) / temperature, dim=-1)
+            p = torch.softmax((at_least_float32(teacher) - self.center) / temperature, dim=-1)
             entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()
         return loss, {"teacher_entropy": entropy}
 

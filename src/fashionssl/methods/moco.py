@@ -17,6 +17,7 @@ into the queue, so all ranks hold the same queue.
 
 import torch
 
+from ..device import at_least_float32
 from ..distributed import gather
 from ..heads import mlp_head
 from ..losses import info_nce
@@ -51,7 +52,7 @@ class MoCo(Method):
         x = torch.cat(views)  # (2N, 1, 28, 28): one pass, so BatchNorm sees both views together
         q = self.projector(self.backbone(x))  # (2N, out_dim) queries
         with torch.no_grad():
-            k = self.key_projector(self.key_backbone(x)).float()  # (2N, out_dim) keys, no gradient
+            k = at_least_float32(self.key_projector(self.key_backbone(x)))  # (2N, out_dim) keys, no gradient
         queue = self.queue  # (K, out_dim) negatives: keys of earlier steps
         # Symmetric: view 1's query against view 2's key, and the other way round.
         loss = info_nce(q[:n], k[n:], queue, self.temperature) + info_nce(q[n:], k[:n], queue, self.temperature)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import ViewSpec
+from ..device import at_least_float32
 from ..heads import mlp_head
 from .base import Method, check_option
 
@@ -46,5 +47,5 @@ class Rotation(Method):
     def forward(self, views, labels):
         x, rotation = rotate_all(views[0])  # (4N, 1, 28, 28), (4N,): labels of the task, not the data
         logits = self.classifier(self.backbone(x))  # (4N, 4)
-        loss = F.cross_entropy(logits.float(), rotation)
+        loss = F.cross_entropy(at_least_float32(logits), rotation)
         return loss, {"rotation_acc": (logits.detach().argmax(1) == rotation).float().mean()}

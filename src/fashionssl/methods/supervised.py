@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import ViewSpec
+from ..device import at_least_float32
 from .base import Method, check_option
 
 NUM_CLASSES = 10  # Fashion-MNIST
@@ -28,5 +29,5 @@ class Supervised(Method):
 
     def forward(self, views, labels):
         logits = self.classifier(self.backbone(views[0]))  # (N, 10)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(at_least_float32(logits), labels, label_smoothing=self.label_smoothing)
         return loss, {"train_acc": (logits.detach().argmax(1) == labels).float().mean()}

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import at_least_float32
 from ..heads import mlp_head
 from ..losses import sinkhorn, swapped_prediction
 from .base import Method, check_option, check_size, encode_views, multi_crop_spec
@@ -65,17 +66,17 @@ class SwAV(Method):
 
     def forward(self, views, labels):
         n, globals_ = views[0].shape[0], self.view_spec.global_views
-        z = F.normalize(self.projector(encode_views(self.backbone, views)).float(), dim=1)  # (V*N, out_dim)
+        z = F.normalize(at_least_float32(self.projector(encode_views(self.backbone, views))), dim=1)  # (V*N, out_dim)
         weight = self.prototypes.weight
         if self.steps_done < self.freeze_prototypes_steps:
             weight = weight.detach()  # frozen: no gradient, so the optimizer skips them
-        scores = (z @ weight.T.float()).view(len(views), n, -1)  # (V, N, K) cosine similarities
+        scores = (z @ at_least_float32(weight.T)).view(len(views), n, -1)  # (V, N, K) cosine similarities
         with torch.no_grad():
             codes = []
             for i in range(globals_):
                 s = scores[i]
                 if self.queue_length and self.queue_filled == self.queue_length:
-                    s = torch.cat([self.queue[i] @ weight.T.float(), s])  # queued embeddings join the batch
+                    s = torch.cat([self.queue[i] @ at_least_float32(weight.T), s])  # queued embeddings join the batch
                 codes.append(sinkhorn(s, self.epsilon, self.sinkhorn_iterations)[-n:])
         loss = swapped_prediction(scores, torch.stack(codes), self.temperature)
         if self.training and self.queue_length and self.steps_done >= self.queue_start_steps:
