@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # benchmark this checkout
 
 from fashionssl.augment import PRESETS, views  # noqa: E402
-from fashionssl.data import load_fashion_mnist  # noqa: E402
+from fashionssl.data import load_dataset  # noqa: E402
 
 
 def time_views(images: torch.Tensor, preset: str, repeats: int) -> float:
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    images = load_fashion_mnist().train.images[: args.batch].to(args.device)
+    images = load_dataset().train.images[: args.batch].to(args.device)
 
     print(f"views(n=2), batch {len(images)}, {args.device}, {args.threads} threads, torch {torch.__version__}\n")
     print("| preset | ms / batch | images/s |")

@@ -16,9 +16,10 @@ import dataclasses
 import time
 
 from fashionssl.augment import make_config
-from fashionssl.data import load_fashion_mnist
+from fashionssl.data import load_dataset
 from fashionssl.device import autocast_dtype, resolve_device
-from fashionssl.evaluate import (accuracy, extract_features, fit_linear_classifier, knn_predict, load_trained,
+from fashionssl.evaluate import load_trained
+from fashionssl.probe import (accuracy, extract_features, fit_linear_classifier, knn_predict,
                                  standardize)
 from fashionssl.label_efficiency import (FINETUNE_AUGMENT, LabelFractions, classifier_accuracy, label_subsets,
                                          reinitialised, take, train_classifier)
@@ -36,7 +37,7 @@ def main() -> None:
     cfg, model, epochs = load_trained(a.run_dir)
     device = resolve_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
-    data = load_fashion_mnist(a.data_dir or cfg.data_dir, cfg.val_size)
+    data = load_dataset(a.data_dir or cfg.data_dir, cfg.val_size)
     aug = make_config(cfg.augment, **cfg.augment_options)
     backbone = model.backbone.to(device)
     train = take(data.train, label_subsets(data, a.fraction, seed=0)[0])

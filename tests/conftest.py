@@ -17,9 +17,9 @@ import torch
 
 from fashionssl.augment import make_config
 from fashionssl.config import Config
-from fashionssl.data import FILES, find_data_dir, load_fashion_mnist, read_idx
+from fashionssl.data import CLASSES_FILE, FASHION_MNIST_CLASSES, FASHION_MNIST_INFO, FILES, find_data_dir, load_dataset, read_idx
 from fashionssl.encoders import build_encoder
-from fashionssl.evaluate import accuracy, extract_features, knn_predict
+from fashionssl.probe import accuracy, extract_features, knn_predict
 
 @pytest.fixture(scope="module")
 def single_thread():
@@ -44,7 +44,8 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 @pytest.fixture(scope="session")
 def small_data_dir(tmp_path_factory) -> Path:
-    """The first SMALL_TRAIN training and SMALL_TEST test images of the real Fashion-MNIST."""
+    """The first SMALL_TRAIN training and SMALL_TEST test images of the real Fashion-MNIST, with its
+    class names in classes.txt (a copy elsewhere is just an IDX folder)."""
     real = find_data_dir()
     directory = tmp_path_factory.mktemp("fashion-mnist-small")
     for key, n in (("train_images", SMALL_TRAIN), ("train_labels", SMALL_TRAIN),
@@ -52,6 +53,7 @@ def small_data_dir(tmp_path_factory) -> Path:
         candidates = [real / FILES[key], real / (FILES[key] + ".gz")]
         source = next(p for p in candidates if p.is_file())
         write_idx(directory / FILES[key], read_idx(source)[:n].numpy())
+    (directory / CLASSES_FILE).write_text("\n".join(FASHION_MNIST_CLASSES) + "\n")
     return directory
 
 
@@ -88,7 +90,7 @@ SHORT_RUN_MARGIN = 0.01  # kNN accuracy a short run must gain over the untrained
 @pytest.fixture(scope="session")
 def knn_setup():
     """(knn_accuracy(backbone) on SHORT_RUN's data, the untrained encoder's accuracy) for the short-run tests."""
-    data = load_fashion_mnist(None, SHORT_RUN["val_size"], train_subset=SHORT_RUN["train_subset"])
+    data = load_dataset(None, SHORT_RUN["val_size"], train_subset=SHORT_RUN["train_subset"])
     aug = make_config("default")
     device = torch.device("cpu")
 
@@ -110,7 +112,7 @@ def short_run(name: str, out: Path, **overrides):
 
     cfg = Config(method=name, out=str(out), **{**SHORT_RUN, **overrides})
     run_dir = pretrain(cfg)
-    model = build_model(cfg)
+    model = build_model(cfg, FASHION_MNIST_INFO)
     model.load_state_dict(load_checkpoint(run_dir)["model"])
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [e for e in lines if "epoch_loss" in e]

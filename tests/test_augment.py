@@ -56,7 +56,7 @@ def n_distinct(out: torch.Tensor) -> int:
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("shape", [(8, 28, 28), (8, 1, 28, 28)])
 def test_shape_dtype_and_range(preset: str, shape: tuple[int, ...]) -> None:
-    cfg = PRESETS[preset]
+    cfg = make_config(preset)
     out = augment(images().view(shape), cfg, gen())
     assert out.shape == (8, 1, 28, 28) and out.dtype == torch.float32
     pixels = unnormalize(out, cfg)
@@ -101,7 +101,7 @@ def test_output_size() -> None:
 def test_to_float_and_normalize() -> None:
     x = images()
     assert torch.equal(to_float(x), x.unsqueeze(1).float() / 255)
-    cfg = PRESETS["default"]
+    cfg = make_config("default")
     assert torch.allclose(normalize(x, cfg), (x.unsqueeze(1).float() / 255 - cfg.mean) / cfg.std)
     with pytest.raises(ValueError, match="uint8"):
         to_float(x.float())
@@ -109,17 +109,17 @@ def test_to_float_and_normalize() -> None:
 
 def test_preset_none_is_exactly_normalize() -> None:
     x = images()
-    assert torch.equal(augment(x, PRESETS["none"], gen()), normalize(x, PRESETS["none"]))
+    assert torch.equal(augment(x, make_config("none"), gen()), normalize(x, make_config("none")))
 
 
 def test_seed_preset_matches_the_blog() -> None:
-    seed = PRESETS["seed"]
+    seed = make_config("seed")
     assert seed.crop_scale == (0.7, 1.0) and seed.blur_p == 1.0 and seed.blur_kernel == 3
     assert (seed.mean, seed.std) == (0.1307, 0.3081)
 
 
 def test_same_seed_same_views_and_global_rng_untouched() -> None:
-    x, cfg = images(), PRESETS["default"]
+    x, cfg = images(), make_config("default")
     state = torch.get_rng_state()
     first = augment(x, cfg, gen(1))
     assert torch.equal(first, augment(x, cfg, gen(1)))
@@ -129,14 +129,14 @@ def test_same_seed_same_views_and_global_rng_untouched() -> None:
 
 def test_views_are_independent() -> None:
     x = images()
-    out = views(x, PRESETS["default"], gen(), ViewSpec(global_views=3))
+    out = views(x, make_config("default"), gen(), ViewSpec(global_views=3))
     assert len(out) == 3 and all(v.shape == (8, 1, 28, 28) for v in out)
     assert not torch.equal(out[0], out[1]) and not torch.equal(out[1], out[2])
 
 
 @pytest.mark.parametrize("preset", ["seed", "default"])
 def test_same_image_gets_different_views(preset: str) -> None:
-    assert n_distinct(augment(same_image(64), PRESETS[preset], gen())) == 64
+    assert n_distinct(augment(same_image(64), make_config(preset), gen())) == 64
 
 
 @pytest.mark.parametrize(
@@ -282,7 +282,7 @@ def test_each_view_depends_only_on_its_image_and_draws() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_shapes_and_range() -> None:
-    cfg = PRESETS["default"]
+    cfg = make_config("default")
     out = augment(images().cuda(), cfg, torch.Generator(device="cuda").manual_seed(0))
     assert out.is_cuda and out.shape == (8, 1, 28, 28)
     pixels = unnormalize(out, cfg)
@@ -293,7 +293,7 @@ def test_make_config_overrides_and_lists() -> None:
     cfg = make_config("seed", crop_scale=[0.5, 1.0], size=16)
     assert cfg.crop_scale == (0.5, 1.0) and cfg.size == 16 and cfg.mean == 0.1307
     assert cfg == make_config("seed", crop_scale=(0.5, 1.0), size=16) and hash(cfg)
-    assert make_config() == PRESETS["default"] == AugmentConfig()
+    assert make_config() == make_config("default") == AugmentConfig()
 
 
 def test_make_config_unknown_preset_lists_presets() -> None:

@@ -28,7 +28,7 @@ import fashionssl
 from fashionssl.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from fashionssl.cli import main
 from fashionssl.config import Config
-from fashionssl.data import FILES, read_idx
+from fashionssl.data import FASHION_MNIST_INFO, FILES, read_idx
 from fashionssl.methods import build_model
 from fashionssl.methods.simclr import SimCLR
 from fashionssl.runlog import MetricsLog
@@ -292,4 +292,4 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_a_resumable_checkpoint(tmp_pat
     if saved["epoch"] == 1:  # (a busy machine may have finished epoch 2 before the signal landed)
         assert (out / "checkpoint.pt").read_bytes() == before
     assert not list(out.glob(".checkpoint.pt.*"))
-    build_model(Config(**saved["config"])).load_state_dict(saved["model"])  # loads as --resume does
+    build_model(Config(**saved["config"]), FASHION_MNIST_INFO).load_state_dict(saved["model"])  # loads as --resume does

@@ -14,13 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionssl import captions, losses
+from fashionssl.data import FASHION_MNIST_CLASSES, FASHION_MNIST_INFO
 from fashionssl.captions import (CAPTION_TEMPLATES, CLASSES, PROMPT_TEMPLATES, UNK, VOCAB, WORD_IDS, CaptionSampler,
                                  caption_texts, detokenize, prompts, tokenize)
 from fashionssl.checkpoint import load_checkpoint
 from fashionssl.config import Config
 from fashionssl.encoders import ConvNet, build_encoder
 from fashionssl.errors import UserError
-from fashionssl.evaluate import accuracy, extract_features, knn_predict, results_table
+from fashionssl.evaluate import results_table
+from fashionssl.probe import accuracy, extract_features, knn_predict
 from fashionssl.losses import clip_loss
 from fashionssl.methods import build_method, build_model
 from fashionssl.methods.clip import MAX_LOGIT_SCALE
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def make(seed: int = 0, **options):
     torch.manual_seed(seed)
-    return build_method("clip", ConvNet(batch_norm=True, fc_dim=None), options)
+    return build_method("clip", ConvNet(batch_norm=True, fc_dim=None), options, FASHION_MNIST_CLASSES)
 
 
 def class_captions() -> list[set[str]]:
@@ -228,10 +230,10 @@ RUN = dict(method="clip", encoder="cnn-bn", epochs=3, batch_size=64, train_subse
 
 def test_short_run_beats_untrained_backbone_and_classifies_zero_shot(tmp_path):
     from fashionssl.augment import make_config
-    from fashionssl.data import load_fashion_mnist
+    from fashionssl.data import load_dataset
     from fashionssl.train import pretrain
 
-    data = load_fashion_mnist(None, RUN["val_size"], train_subset=RUN["train_subset"])
+    data = load_dataset(None, RUN["val_size"], train_subset=RUN["train_subset"])
     aug, cpu = make_config("default"), torch.device("cpu")
 
     def features(backbone):
@@ -244,7 +246,7 @@ def test_short_run_beats_untrained_backbone_and_classifies_zero_shot(tmp_path):
     run_dir = pretrain(cfg)
     epochs = [e for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "epoch_loss" in e]
     assert epochs[-1]["epoch_loss"] < epochs[0]["epoch_loss"]
-    model = build_model(cfg)
+    model = build_model(cfg, FASHION_MNIST_INFO)
     model.load_state_dict(load_checkpoint(run_dir)["model"])
     bank, val = features(model.backbone)
     trained = accuracy(knn_predict(bank, data.train.labels, val), data.val.labels)

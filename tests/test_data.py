@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fashionssl import data
-from fashionssl.data import FILES, find_data_dir, load_fashion_mnist, read_idx
+from fashionssl.data import FILES, find_data_dir, load_dataset, read_idx
 from fashionssl.errors import UserError
 
 REAL_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -57,10 +57,10 @@ def no_env_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def real() -> data.FashionMNIST:
+def real() -> data.Dataset:
     if not REAL_DIR.is_dir():
         pytest.skip(f"real Fashion-MNIST not installed at {REAL_DIR} (apt-get install dataset-fashion-mnist)")
-    return load_fashion_mnist(REAL_DIR)
+    return load_dataset(REAL_DIR)
 
 
 def rows(*splits: data.Split) -> np.ndarray:
@@ -70,43 +70,50 @@ def rows(*splits: data.Split) -> np.ndarray:
     return np.sort(np.ascontiguousarray(np.hstack([images, labels])).view(np.dtype((np.void, 785))).ravel())
 
 
-def test_real_shapes_and_dtypes(real: data.FashionMNIST) -> None:
+def test_real_shapes_and_dtypes(real: data.Dataset) -> None:
     assert len(real.train) + len(real.val) == 60000 and len(real.val) == 5000 and len(real.test) == 10000
     for split in (real.train, real.val, real.test):
-        assert split.images.shape == (len(split), 28, 28) and split.images.dtype == torch.uint8
+        assert split.images.shape == (len(split), 1, 28, 28) and split.images.dtype == torch.uint8
         assert split.labels.shape == (len(split),) and split.labels.dtype == torch.int64
         assert 0 <= split.labels.min() and split.labels.max() <= 9
-    assert len(data.CLASS_NAMES) == 10 and data.CLASS_NAMES[9] == "Ankle boot"
+    assert len(data.FASHION_MNIST_CLASSES) == 10 and data.FASHION_MNIST_CLASSES[9] == "Ankle boot"
+    assert real.info.class_names == tuple("0123456789")  # a folder named explicitly: its own names or numbers
+    assert real.info.channels == 1 and real.info.size == 28
+    assert (round(real.info.mean[0], 4), round(real.info.std[0], 4)) == (0.2860, 0.3530)
 
 
-def test_real_official_train_has_6000_per_class_and_val_is_stratified(real: data.FashionMNIST) -> None:
+def test_real_found_by_default_has_fashion_mnist_class_names(real: data.Dataset) -> None:
+    assert load_dataset(val_size=0).info.class_names == data.FASHION_MNIST_CLASSES
+
+
+def test_real_official_train_has_6000_per_class_and_val_is_stratified(real: data.Dataset) -> None:
     official = read_idx(REAL_DIR / "train-labels-idx1-ubyte.gz").long()
     assert official.bincount().tolist() == [6000] * 10
     assert real.val.labels.bincount().tolist() == [500] * 10
 
 
-def test_real_train_and_val_partition_the_official_train_set(real: data.FashionMNIST) -> None:
+def test_real_train_and_val_partition_the_official_train_set(real: data.Dataset) -> None:
     official = data.Split(
-        read_idx(REAL_DIR / "train-images-idx3-ubyte.gz"), read_idx(REAL_DIR / "train-labels-idx1-ubyte.gz").long()
+        read_idx(REAL_DIR / "train-images-idx3-ubyte.gz").unsqueeze(1), read_idx(REAL_DIR / "train-labels-idx1-ubyte.gz").long()
     )
     assert np.array_equal(rows(real.train, real.val), rows(official))
     # different images, so val is not just the head of the file
     assert not torch.equal(real.val.images, official.images[:5000])
 
 
-def test_real_split_depends_only_on_split_seed(real: data.FashionMNIST) -> None:
+def test_real_split_depends_only_on_split_seed(real: data.Dataset) -> None:
     torch.manual_seed(1234)  # the global RNG must not matter
-    again = load_fashion_mnist(REAL_DIR, split_seed=0)
-    other = load_fashion_mnist(REAL_DIR, split_seed=1)
+    again = load_dataset(REAL_DIR, split_seed=0)
+    other = load_dataset(REAL_DIR, split_seed=1)
     assert torch.equal(again.val.images, real.val.images) and torch.equal(again.train.labels, real.train.labels)
     assert not torch.equal(other.val.images, real.val.images)
 
 
-def test_real_val_size_and_train_subset(real: data.FashionMNIST) -> None:
-    small = load_fashion_mnist(REAL_DIR, val_size=1000, train_subset=2000)
+def test_real_val_size_and_train_subset(real: data.Dataset) -> None:
+    small = load_dataset(REAL_DIR, val_size=1000, train_subset=2000)
     assert len(small.val) == 1000 and len(small.train) == 2000 and len(small.test) == 10000
     assert small.train.labels.bincount().tolist() == [200] * 10
-    subset = load_fashion_mnist(REAL_DIR, train_subset=300)
+    subset = load_dataset(REAL_DIR, train_subset=300)
     assert torch.equal(subset.val.images, real.val.images)  # val untouched by the subset
     assert torch.equal(subset.train.images, real.train.images[:300])
 
@@ -162,7 +169,7 @@ def test_read_idx_missing_file(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# load_fashion_mnist consistency checks on synthetic data sets
+# load_dataset consistency checks on synthetic data sets
 
 BAD_SETS = {
     "count mismatch": (
@@ -175,10 +182,10 @@ BAD_SETS = {
         "t10k-labels-idx1-ubyte",
         "label 10 at index 3 is outside 0..9",
     ),
-    "label 255": (
+    "label 255 leaves classes 1..254 empty": (
         {"train_labels": np.array([255] + [0] * 39, dtype=np.uint8)},
         "train-labels-idx1-ubyte",
-        "label 255 at index 0",
+        "class '1' (label 1) has no training images; add some, or renumber the labels (and classes.txt) without it",
     ),
     "negative label": (
         {"train_labels": np.array([0, -1] + [0] * 38, dtype=np.int8)},
@@ -188,7 +195,7 @@ BAD_SETS = {
     "32x32 images": (
         {"test_images": np.zeros((20, 32, 32), dtype=np.uint8)},
         "t10k-images-idx3-ubyte",
-        "holds 20x32x32 torch.uint8 images, expected Nx28x28",
+        "images are 1x32x32 (channels x height x width) but the training images are 1x28x28",
     ),
     "2-d images": ({"train_images": np.zeros((40, 784), dtype=np.uint8)}, "train-images-idx3-ubyte", "40x784"),
     "float images": (
@@ -210,13 +217,13 @@ def test_load_refuses_inconsistent_files(tmp_path: Path, case: str) -> None:
     override, file_name, expected = BAD_SETS[case]
     make_dataset(tmp_path, **override)
     with pytest.raises(UserError) as info:
-        load_fashion_mnist(tmp_path, val_size=10)
+        load_dataset(tmp_path, val_size=10)
     message = str(info.value)
     assert str(tmp_path / file_name) in message and expected in message and "\n" not in message
 
 
 def test_load_synthetic_raw_files(tmp_path: Path) -> None:
-    ds = load_fashion_mnist(make_dataset(tmp_path, gz=False), val_size=10, split_seed=3)
+    ds = load_dataset(make_dataset(tmp_path, gz=False), val_size=10, split_seed=3)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (30, 10, 20)
     assert ds.val.labels.bincount(minlength=10).tolist() == [1] * 10
     assert ds.train.labels.dtype == ds.test.labels.dtype == torch.int64
@@ -228,7 +235,7 @@ def test_split_of_class_sorted_file_is_stratified_and_shuffled(tmp_path: Path) -
         train_images=np.zeros((1000, 28, 28), dtype=np.uint8),
         train_labels=np.repeat(np.arange(10, dtype=np.uint8), 100),
     )
-    ds = load_fashion_mnist(tmp_path, val_size=200, train_subset=500)
+    ds = load_dataset(tmp_path, val_size=200, train_subset=500)
     assert ds.val.labels.bincount().tolist() == [20] * 10
     assert ds.train.labels.bincount().tolist() == [50] * 10
     # no fixed repeating class pattern (a random order repeats a class 10 places on ~10% of the time)
@@ -247,13 +254,13 @@ def test_split_of_class_sorted_file_is_stratified_and_shuffled(tmp_path: Path) -
 def test_load_refuses_bad_sizes(tmp_path: Path, kwargs: dict[str, int], expected: str) -> None:
     make_dataset(tmp_path)
     with pytest.raises(UserError, match=expected):
-        load_fashion_mnist(tmp_path, **{"val_size": 10, **kwargs})
+        load_dataset(tmp_path, **{"val_size": 10, **kwargs})
 
 
 def test_load_edge_sizes(tmp_path: Path) -> None:
     make_dataset(tmp_path)
-    assert len(load_fashion_mnist(tmp_path, val_size=0).val) == 0
-    assert len(load_fashion_mnist(tmp_path, val_size=39, train_subset=1).train) == 1
+    assert len(load_dataset(tmp_path, val_size=0).val) == 0
+    assert len(load_dataset(tmp_path, val_size=39, train_subset=1).train) == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import fashionssl
 from fashionssl import augment, distributed
 from fashionssl.checkpoint import load_checkpoint
 from fashionssl.config import Config
+from fashionssl.data import FASHION_MNIST_INFO
 from fashionssl.errors import UserError
 from fashionssl.optim import build_optimizer
 from fashionssl.train import build_training_model, pretrain, train_step, training_forward
@@ -73,7 +74,7 @@ def build_float64(cfg: Config):
     summation orders (1 and 2 processes, or two CPUs' kernels) differ in the last bits, and a max-pool
     window whose two largest values lie one float32 step apart then picks a different maximum (seen
     with VICReg's defaults), so a float32 comparison can fail without any mistake in the code."""
-    return build_training_model(cfg, torch.device("cpu")).double()
+    return build_training_model(cfg, FASHION_MNIST_INFO, torch.device("cpu")).double()
 
 
 def train_steps(cfg: Config, batches: list[tuple[list[torch.Tensor], torch.Tensor]]) -> dict:
@@ -189,8 +190,8 @@ def test_combine_moments_keeps_float32_digits_where_the_mean_dwarfs_the_spread()
 
 
 def test_sync_batchnorm_keeps_batchnorm_state_dict_keys():
-    model = build_training_model(step_config("byol"), torch.device("cpu"))
-    synced = distributed.sync_batchnorm(build_training_model(step_config("byol"), torch.device("cpu")))
+    model = build_training_model(step_config("byol"), FASHION_MNIST_INFO, torch.device("cpu"))
+    synced = distributed.sync_batchnorm(build_training_model(step_config("byol"), FASHION_MNIST_INFO, torch.device("cpu")))
     assert any(isinstance(m, distributed.SyncBatchNorm) for m in synced.modules())
     assert synced.state_dict().keys() == model.state_dict().keys()
     assert not any(p.requires_grad for p in synced.target_backbone.parameters())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fashionssl.cli import main
-from fashionssl.data import Split, load_fashion_mnist
+from fashionssl.data import FASHION_MNIST_CLASSES, Split, load_dataset
 from fashionssl.encoders import build_encoder
 from fashionssl.augment import make_config
 from fashionssl.errors import UserError
@@ -104,7 +104,7 @@ def test_reinitialised_copy_is_fresh_seeded_and_leaves_the_original():
 
 @pytest.fixture(scope="module")
 def small_data(small_data_dir):
-    return load_fashion_mnist(small_data_dir, val_size=500)
+    return load_dataset(small_data_dir, val_size=500)
 
 
 def test_training_from_scratch_changes_the_weights_and_beats_chance(small_data):
@@ -112,7 +112,8 @@ def test_training_from_scratch_changes_the_weights_and_beats_chance(small_data):
     before = [p.detach().clone() for p in backbone.parameters()]
     train = Split(small_data.train.images[:500], small_data.train.labels[:500])
     aug = make_config("default", crop_scale=(0.5, 1.0), blur_p=0.0)
-    model = train_classifier(backbone, train, aug, torch.device("cpu"), LabelFractions((1.0,), steps=20, batch_size=64))
+    model = train_classifier(backbone, train, FASHION_MNIST_CLASSES, aug, torch.device("cpu"),
+                             LabelFractions((1.0,), steps=20, batch_size=64))
     assert model[0] is backbone and not model.training
     assert all(not torch.equal(p, q) for p, q in zip(before, backbone.parameters()))
     test = Split(small_data.test.images[:500], small_data.test.labels[:500])

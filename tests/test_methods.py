@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import SHORT_RUN_MARGIN, short_run
 
+from fashionssl.data import FASHION_MNIST_CLASSES
 from fashionssl.augment import ViewSpec
 from fashionssl.encoders import ConvNet
 from fashionssl.errors import UserError
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def make(name: str, seed: int = 0, **options):
     torch.manual_seed(seed)
-    return build_method(name, ConvNet(batch_norm=True), options)
+    return build_method(name, ConvNet(batch_norm=True), options, FASHION_MNIST_CLASSES)
 
 
 def batch(model, n: int = 6, seed: int = 1):

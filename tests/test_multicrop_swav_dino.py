@@ -306,9 +306,9 @@ def test_dino_trains_a_vit_on_multi_crop_and_its_attention_draws():
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.backbone.parameters()))
-    images = uint8_images(3)
+    images = uint8_images(3).unsqueeze(1)  # (N, 1, 28, 28), as datasets hold them
     with torch.no_grad():
-        maps = model.backbone.eval().cls_attention(images.float().unsqueeze(1) / 255)
+        maps = model.backbone.eval().cls_attention(images.float() / 255)
     assert maps.shape == (3, 3, 7, 7)
     figure = attention_figure(images, maps)
     assert len(figure.axes) == 3 * (3 + 2)  # per image: itself, the head mean, each of 3 heads

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from fashionssl.data import FASHION_MNIST_INFO
 from fashionssl.config import Config
 from fashionssl.errors import UserError
 from fashionssl.losses import barlow_twins_loss, vicreg_loss
@@ -254,7 +255,7 @@ def test_unknown_option_is_a_user_error(name):
 
 @pytest.mark.parametrize("name, log", [("barlow", "collapse_std"), ("vicreg", "embedding_std")])
 def test_forward_backward_through_build_model(name, log):
-    model = build_model(Config(method=name, method_options=SMALL, encoder="cnn-bn"))
+    model = build_model(Config(method=name, method_options=SMALL, encoder="cnn-bn"), FASHION_MNIST_INFO)
     views = random_views()
     loss, logs = model(views, torch.zeros(12, dtype=torch.long))
     assert loss.dim() == 0 and torch.isfinite(loss) and loss.requires_grad

@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fashionssl.augment import PRESETS
+from fashionssl.augment import make_config
 from fashionssl.cli import main
 from fashionssl.config import Config
 from fashionssl.encoders import ConvNet
 from fashionssl import report as report_module
-from fashionssl.evaluate import confusion_matrix, extract_features
+from fashionssl.probe import confusion_matrix, extract_features
 from fashionssl.evaluate import load_trained
 from fashionssl.report import (Page, Run, attention_figure, label_efficiency_figure, label_efficiency_section,
                                nearest_neighbours, pick_per_class, summary, write_report)
@@ -54,7 +54,8 @@ def test_nearest_neighbours_is_cosine_and_ignores_length():
 
 def test_summary_marks_label_use_and_shows_zero_shot_only_when_present(tmp_path):
     def run(name, method, uses_labels, results):
-        return Run(name, tmp_path / name, Config(method=method), SimpleNamespace(uses_labels=uses_labels), 3, [], results)
+        trained = SimpleNamespace(config=Config(method=method), model=SimpleNamespace(uses_labels=uses_labels), epochs=3)
+        return Run(name, tmp_path / name, trained, [], results)
 
     page = Page(tmp_path)
     summary(page, [run("a", "simclr", False, {"linear_probe_test_acc": 0.9, "knn_test_acc": 0.85}),
@@ -85,15 +86,15 @@ def test_label_efficiency_figure_draws_a_shared_scratch_baseline_once():
 
 def test_label_efficiency_section_says_how_to_get_it_when_no_run_has_it(tmp_path):
     page = Page(tmp_path)
-    label_efficiency_section(page, [Run("a", tmp_path / "a", Config(), SimpleNamespace(uses_labels=False), 3, [],
-                                        {"linear_probe_test_acc": 0.9})])
+    trained = SimpleNamespace(config=Config(), model=SimpleNamespace(uses_labels=False), epochs=3)
+    label_efficiency_section(page, [Run("a", tmp_path / "a", trained, [], {"linear_probe_test_acc": 0.9})])
     text = "".join(page.parts)
     assert ">Label efficiency</h2>" in text and "--label-fractions 0.01,0.1,1.0" in text
     assert page.files == []
 
 
 def test_attention_figure_has_image_mean_and_one_panel_per_head():
-    fig = attention_figure(torch.zeros(2, 28, 28, dtype=torch.uint8), torch.rand(2, 3, 7, 7))
+    fig = attention_figure(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.rand(2, 3, 7, 7))
     assert len(fig.axes) == 2 * (1 + 1 + 3)
 
 
@@ -190,7 +191,7 @@ def test_augment_preview_of_the_none_preset_shows_the_original_in_every_column(t
     pixels = np.asarray(Image.open(out).convert("L"), dtype=np.float32)
     third = pixels.shape[1] // 3  # original | view 1 | view 2, equal columns
     columns = [pixels[20:, i * third:(i + 1) * third] for i in range(3)]  # below the titles
-    assert PRESETS["none"].crop_scale == (1.0, 1.0)
+    assert make_config("none").crop_scale == (1.0, 1.0)
     assert np.abs(columns[1] - columns[2]).mean() < 1.0
     assert np.abs(columns[0] - columns[1]).mean() < 1.0
 
@@ -209,11 +210,11 @@ def test_export_round_trip_through_the_readme_snippet(trained_run, small_data_di
     namespace: dict = {}
     exec(snippet.replace("runs/r18/export", str(out)), namespace)
 
-    from fashionssl.data import load_fashion_mnist
-    data = load_fashion_mnist(small_data_dir, cfg.val_size)
-    _, model, _ = load_trained(run_dir)
-    aug = PRESETS[cfg.augment]
-    expected = extract_features(model.backbone, data.test.images, aug, torch.device("cpu")).numpy()
+    from fashionssl.data import load_dataset
+    data = load_dataset(small_data_dir, cfg.val_size)
+    trained = load_trained(run_dir)
+    expected = extract_features(trained.model.backbone, data.test.images, trained.augmentation(),
+                                torch.device("cpu")).numpy()
     assert namespace["info"]["encoder"] == cfg.encoder and namespace["info"]["feature_dim"] == expected.shape[1]
     np.testing.assert_allclose(namespace["embed"](data.test.images).numpy(), expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(namespace["embeddings"], expected, rtol=1e-4, atol=1e-4)

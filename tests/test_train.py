@@ -25,9 +25,10 @@ import fashionssl
 from fashionssl import augment
 from fashionssl.checkpoint import load_checkpoint
 from fashionssl.config import Config
-from fashionssl.data import load_fashion_mnist
+from fashionssl.data import FASHION_MNIST_INFO, load_dataset
 from fashionssl.errors import UserError
-from fashionssl.evaluate import accuracy, evaluate_checkpoint, extract_features, knn_predict
+from fashionssl.evaluate import evaluate_checkpoint
+from fashionssl.probe import accuracy, extract_features, knn_predict
 from fashionssl.methods import build_model
 from fashionssl.methods.simclr import SimCLR
 from fashionssl.runlog import MetricsLog
@@ -81,11 +82,11 @@ def test_short_simclr_run_beats_the_untrained_encoder_in_knn(tmp_path):
     cfg = Config(out=str(tmp_path / "run"), **BEAT_CONFIG)
     run_dir = pretrain(cfg)
 
-    data = load_fashion_mnist(cfg.data_dir, cfg.val_size, train_subset=cfg.train_subset)
+    data = load_dataset(cfg.data_dir, cfg.val_size, train_subset=cfg.train_subset)
     aug = augment.make_config(cfg.augment, **cfg.augment_options)
     torch.manual_seed(cfg.seed)  # the same initialisation the run started from
-    untrained = build_model(cfg)
-    trained = build_model(cfg)
+    untrained = build_model(cfg, FASHION_MNIST_INFO)
+    trained = build_model(cfg, FASHION_MNIST_INFO)
     trained.load_state_dict(model_state(run_dir))
 
     untrained_acc, trained_acc = knn_val_accuracy(untrained, data, aug), knn_val_accuracy(trained, data, aug)
@@ -182,7 +183,7 @@ def test_resume_restores_ema_targets_and_queues_bitwise(tmp_path, small_data_dir
                        method=method, method_options=options)
     stop_at = random.randrange(1, 8)  # 4 steps per epoch
     print(f"interrupted after step {stop_at}")
-    cls = type(build_model(cfg))
+    cls = type(build_model(cfg, FASHION_MNIST_INFO))
     original = cls.after_step
 
     def after_step(self, step, total_steps):
@@ -201,7 +202,7 @@ def test_resume_restores_ema_targets_and_queues_bitwise(tmp_path, small_data_dir
     assert_states_equal(resumed["model"], expected["model"])
     assert_same(resumed["optimizer"], expected["optimizer"])
     buffers = {"moco": ["queue", "queue_ptr", "key_backbone.features.0.weight"], "byol": ["target_backbone.features.0.weight"]}
-    untrained = build_model(cfg).state_dict()
+    untrained = build_model(cfg, FASHION_MNIST_INFO).state_dict()
     for name in [k for k in resumed["model"] if any(k.startswith(b) for b in buffers[method])]:
         assert not torch.equal(resumed["model"][name], untrained[name]), f"{name} never changed: the test is blind"
 
@@ -242,7 +243,7 @@ def test_run_directory_holds_config_versions_metrics_checkpoint_and_tensorboard(
     assert {"epoch", "model", "optimizer", "config"} <= state.keys()
     assert state["epoch"] == cfg.epochs
     assert Config(**state["config"]) == cfg
-    model = build_model(cfg)
+    model = build_model(cfg, FASHION_MNIST_INFO)
     model.load_state_dict(state["model"])  # strict: every tensor present, shapes right
 
     events = list((run_dir / "tb").glob("events.out.tfevents.*"))
@@ -320,7 +321,7 @@ def test_huge_learning_rate_stops_with_a_user_error_naming_step_and_checkpoint(d
     if checkpoint.exists():  # the last completed epoch's checkpoint loads and is the one named
         state = load_checkpoint(checkpoint)
         assert f"{checkpoint} (after epoch {state['epoch']};" in str(error)
-        build_model(Config(**state["config"])).load_state_dict(state["model"])
+        build_model(Config(**state["config"]), FASHION_MNIST_INFO).load_state_dict(state["model"])
 
 
 def test_checkpoint_called_last_good_after_divergence_is_finite(diverged_run):

@@ -19,14 +19,15 @@ from typing import Any
 import torch
 
 from .augment import make_config as make_augment_config, normalize
-from .config import load_toml, make_config
-from .data import load_fashion_mnist
+from .config import Config, load_toml, make_config
+from .data import load_dataset
 from .device import resolve_device
 from .encoders import build_encoder
 from .errors import UserError
-from .evaluate import evaluate_backbone, evaluate_checkpoint, evaluate_features
+from .evaluate import evaluate_backbone, evaluate_checkpoint, unevaluable
 from .label_efficiency import LABEL_EFFICIENCY_CLASSIFIERS, LabelFractions, same_scratch_baseline
 from .methods import METHODS
+from .probe import evaluate_features
 from .report import write_report
 from .runlog import epoch_lines, write_json
 from .train import pretrain
@@ -92,16 +93,21 @@ def run_method(method: str, run_dir: Path, overrides: dict[str, Any],
     return {"name": method, "run_dir": str(run_dir), **results, **epoch_stats(run_dir)}
 
 
-def baseline_rows(encoder: str, data_dir: str | None, val_size: int, device: str, seed: int) -> list[dict]:
-    """Raw pixels and the untrained encoder (initialised by `seed`), through the same probe and kNN."""
-    data = load_fashion_mnist(data_dir, val_size)
-    aug = make_augment_config("default")
+def baseline_rows(cfg: Config) -> list[dict]:
+    """Raw pixels and the untrained encoder (initialised by `cfg.seed`), through the same probe and kNN."""
+    data = load_dataset(cfg.data, cfg.val_size, data_dir=cfg.data_dir)
+    reason = unevaluable(data)
+    if reason is not None:
+        raise UserError(f"bench compares methods by accuracy, and {reason}")
+    aug = make_augment_config("default", data.info)
     pixels = [(normalize(s.images, aug).flatten(1), s.labels) for s in (data.train, data.val, data.test)]
     start = time.perf_counter()
-    raw = {"name": "raw pixels (784-d)", **evaluate_features(*pixels), "eval_seconds": time.perf_counter() - start}
-    torch.manual_seed(seed)
-    untrained = evaluate_backbone(build_encoder(encoder), data, aug, resolve_device(device))
-    return [raw, {"name": f"untrained {encoder} (seed {seed})", **untrained}]
+    raw = {"name": f"raw pixels ({pixels[0][0].shape[1]}-d)", **evaluate_features(*pixels),
+           "eval_seconds": time.perf_counter() - start}
+    torch.manual_seed(cfg.seed)
+    untrained = evaluate_backbone(build_encoder(cfg.encoder, data.info.channels, data.info.size), data, aug,
+                                  resolve_device(cfg.device))
+    return [raw, {"name": f"untrained {cfg.encoder} (seed {cfg.seed})", **untrained}]
 
 
 def row_name(row: dict) -> str:
@@ -164,17 +170,17 @@ def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | P
         make_config(None, **{**common, **per_method.get(name, {}), "method": name})
     reference = make_config(None, **common)
     out = Path(out)
-    rows = baseline_rows(reference.encoder, reference.data_dir, reference.val_size, reference.device, reference.seed)
+    rows = baseline_rows(reference)
     for name in methods:
         rows.append(run_method(name, out / name, {**common, **per_method.get(name, {})}, label_fractions))
         write_json(out / "comparison.json", {"budget": common, "per_method": per_method, "rows": rows})
     table = comparison_table(rows)
     if label_fractions:
         table += f"\n\nLabel efficiency ({label_fractions.protocol()}):\n\n{label_efficiency_table(rows)}"
-    header = (f"Fashion-MNIST test accuracy, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
+    header = (f"{reference.data or reference.data_dir or 'Fashion-MNIST'} test accuracy, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads; budget: {json.dumps(common)}"
               + (f"; per method: {json.dumps(per_method)}" if per_method else ""))
     (out / "comparison.md").write_text(f"{header}\n\n{table}\n")
     if report:
-        write_report([out / name for name in methods], out / "report", reference.data_dir, reference.device)
+        write_report([out / name for name in methods], out / "report", device=reference.device)
     return table

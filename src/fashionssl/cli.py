@@ -12,6 +12,14 @@ from .methods import METHODS
 from .optim import OPTIMIZERS
 
 EPILOG = "Options also come from --config FILE.toml (same names, with _ for -); flags override the file."
+DATA_HELP = ("the images: a folder of IDX files, an .npz file (x_train, y_train[, x_test, y_test]), a folder "
+             "root/train/<class>/*.png [root/test/...] or a folder of unlabelled images (default: Fashion-MNIST)")
+
+
+def add_data_override(parser: argparse.ArgumentParser) -> None:
+    """--data (and the older --data-dir) for commands that read a run: other data than it was trained on."""
+    parser.add_argument("--data", "--data-dir", dest="data", help="the images to use instead of the run's own "
+                                                                   "(same layouts as pretrain --data)")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,8 +43,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--seed", type=int, help="fixes init, data order and augmentation (default 0)")
-    g.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files (.gz or raw)")
-    g.add_argument("--val-size", type=int, help="validation images carved from the training set (default 5000)")
+    g.add_argument("--data", help=DATA_HELP)
+    g.add_argument("--data-dir", help="folder with the four IDX files (.gz or raw), as --data reads it")
+    g.add_argument("--val-size", type=int, help="labelled validation images carved from the training set "
+                                                "(default 10%%, at most 5000)")
     g.add_argument("--train-subset", type=int, metavar="N", help="train on the first N images only (quick trials)")
     g.add_argument("--knn-every", type=int, metavar="EPOCHS", help="kNN monitor interval, 0 = off (default 1)")
     g.add_argument("--out", help="run directory (default runs/<method>-<encoder>-<time>)")
@@ -46,7 +56,7 @@ def training_flags(args: argparse.Namespace) -> dict:
     """The config values given as flags (None: not given)."""
     flags = {k: getattr(args, k) for k in (
         "method", "encoder", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs", "augment",
-        "precision", "channels_last", "compile", "device", "seed", "data_dir", "val_size", "train_subset",
+        "precision", "channels_last", "compile", "device", "seed", "data", "data_dir", "val_size", "train_subset",
         "knn_every", "out")}
     flags["method_options"] = dict(parse_option(o) for o in args.opt) or None
     flags["augment_options"] = dict(parse_option(o) for o in args.aug) or None
@@ -91,7 +101,8 @@ def label_fractions_from_args(args: argparse.Namespace):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fashionssl", description="Self-supervised representation learning on Fashion-MNIST.")
+    p = argparse.ArgumentParser(prog="fashionssl", description="Self-supervised representation learning on small "
+                                                               "images (Fashion-MNIST by default).")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="pretrain, then evaluate (the main job)", epilog=EPILOG)
     add_training_arguments(run)
@@ -101,7 +112,7 @@ def parser() -> argparse.ArgumentParser:
         p_.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved config is used)")
     ev = sub.add_parser("evaluate", help="linear probe and kNN of a checkpoint's frozen backbone")
     ev.add_argument("checkpoint", help="run directory or checkpoint file")
-    ev.add_argument("--data-dir")
+    add_data_override(ev)
     ev.add_argument("--device")
     ev.add_argument("--out", metavar="FILE.json", help="results file (default: results.json beside the checkpoint)")
     add_label_fraction_arguments(ev)
@@ -113,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", metavar="FILE.toml", help="shared config keys, `methods = [...]` and "
                                                              "[per_method.NAME] tables of per-method overrides")
     for flag, kind in (("--encoder", str), ("--epochs", int), ("--batch-size", int), ("--lr", float),
-                       ("--data-dir", str), ("--device", str), ("--seed", int), ("--val-size", int),
+                       ("--data", str), ("--data-dir", str), ("--device", str), ("--seed", int), ("--val-size", int),
                        ("--train-subset", int)):
         bench.add_argument(flag, type=kind)
     add_label_fraction_arguments(bench)
@@ -134,20 +145,26 @@ def parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="backbone weights as safetensors and train/val/test embeddings as .npy")
     exp.add_argument("checkpoint", metavar="RUN_DIR", help="run directory or checkpoint file")
     exp.add_argument("--out", metavar="DIR", help="export folder (default: RUN_DIR/export)")
-    for p_ in (rep, prev, exp):
-        p_.add_argument("--data-dir")
+    emb = sub.add_parser("embed", help="embeddings of new images with a trained or exported backbone, as .npy")
+    emb.add_argument("model", metavar="RUN_DIR_OR_EXPORT", help="run directory, checkpoint file or export folder")
+    emb.add_argument("images", metavar="IMAGES", help="a folder of images (read in name order), an .npz file "
+                                                     "(its x or x_train array) or an IDX images file")
+    emb.add_argument("-o", "--out", required=True, metavar="FILE.npy", help="(N, feature_dim) float32, one row per image")
+    prev.add_argument("--data", help=DATA_HELP)
+    prev.add_argument("--data-dir")
     for p_ in (rep, exp):
+        add_data_override(p_)
+    for p_ in (rep, exp, emb):
         p_.add_argument("--device")
     return p
 
 
 def augment_preview(args: argparse.Namespace) -> str:
-    from .augment import make_config as make_augment_config
     from .report import preview_augmentations
 
-    cfg = make_config(args.config, augment=args.augment, augment_options=dict(parse_option(o) for o in args.aug) or None)
-    aug = make_augment_config(cfg.augment, **cfg.augment_options)
-    return str(preview_augmentations(aug, args.out, args.images, args.views, args.seed, args.data_dir or cfg.data_dir))
+    cfg = make_config(args.config, augment=args.augment, augment_options=dict(parse_option(o) for o in args.aug) or None,
+                      data=args.data, data_dir=args.data_dir)
+    return str(preview_augmentations(cfg, args.out, args.images, args.views, args.seed))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,25 +176,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .bench import bench
 
-            flags = {k: getattr(args, k) for k in ("encoder", "epochs", "batch_size", "lr", "data_dir", "device",
+            flags = {k: getattr(args, k) for k in ("encoder", "epochs", "batch_size", "lr", "data", "data_dir", "device",
                                                    "seed", "val_size", "train_subset")}
             methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
             print(bench(args.out, methods, args.config, flags, args.report, label_fractions_from_args(args)))
             return 0
         if args.command == "evaluate":
             fractions = label_fractions_from_args(args)
-            print(results_table(evaluate_checkpoint(args.checkpoint, args.data_dir, args.device, args.out, fractions)))
+            print(results_table(evaluate_checkpoint(args.checkpoint, args.data, args.device, args.out, fractions)))
             return 0
         if args.command == "report":
             from .report import write_report
-            print(f"report: {write_report(args.run_dirs, args.out, args.data_dir, args.device)}")
+            print(f"report: {write_report(args.run_dirs, args.out, args.data, args.device)}")
             return 0
         if args.command == "augment-preview":
             print(f"augmentation preview: {augment_preview(args)}")
             return 0
         if args.command == "export":
             from .export import export_run
-            print(f"exported to {export_run(args.checkpoint, args.out, args.data_dir, args.device)}")
+            print(f"exported to {export_run(args.checkpoint, args.out, args.data, args.device)}")
+            return 0
+        if args.command == "embed":
+            from .export import embed
+            print(f"embeddings: {embed(args.model, args.images, args.out, args.device)}")
             return 0
         cfg = config_from_args(args)  # None with --resume (the saved config is used)
         with torchrun_process_group():  # several processes when started by torchrun (docs/distributed.md)

@@ -41,8 +41,9 @@ class Config:
     # where and with what
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
-    data_dir: str | None = None
-    val_size: int = 5000
+    data: str | None = None  # IDX folder, .npz file, image folder or unlabelled image folder; default Fashion-MNIST
+    data_dir: str | None = None  # the older way to name an IDX folder (--data-dir)
+    val_size: int | None = None  # validation images carved from training; default 10%, at most 5000
     train_subset: int | None = None  # keep only the first N training images (quick trials)
     out: str | None = None  # run directory; default runs/<method>-<encoder>-<time>
     # monitoring and evaluation
@@ -92,12 +93,14 @@ def validate(cfg: Config, where: str = "config") -> Config:
         raise UserError(f"{where}: lr must be > 0, got {cfg.lr}")
     non_negative = ["weight_decay", "warmup_epochs", "final_lr", "knn_every", "val_size"]
     for name in non_negative:
-        if getattr(cfg, name) < 0:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise UserError(f"{where}: {name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.warmup_epochs > cfg.epochs:
         raise UserError(f"{where}: warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
     if cfg.train_subset is not None and cfg.train_subset < 1:
         raise UserError(f"{where}: train_subset must be >= 1, got {cfg.train_subset}")
+    if cfg.data is not None and cfg.data_dir is not None:
+        raise UserError(f"{where}: data and data_dir both given; keep data (it reads IDX folders too)")
     return cfg
 
 

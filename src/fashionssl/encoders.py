@@ -1,4 +1,6 @@
-"""Backbones by name. Each maps (B, 1, 28, 28) images to (B, feature_dim) features.
+"""Backbones by name. Each maps (B, C, S, S) images to (B, feature_dim) features; `build_encoder`
+takes the channels C (1 grey, 3 colour) and the side S (28 to 64) from the data. On 28x28 grey
+images every encoder is exactly the architecture described below.
 
 `cnn` is the reference blog's encoder (three 3x3 conv + max-pool stages and a 256-d linear layer),
 kept as the architecture every speed comparison is made with. `cnn-bn` is the same convolutional
@@ -36,10 +38,10 @@ class ConvNet(nn.Module):
     but ReLU's forward and backward then pass over a quarter of the pixels.
     """
 
-    def __init__(self, batch_norm: bool = False, fc_dim: int | None = 256, width: int = 32):
+    def __init__(self, batch_norm: bool = False, fc_dim: int | None = 256, width: int = 32, in_channels: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
-        channels = [1, width, 2 * width, 4 * width]
+        channels = [in_channels, width, 2 * width, 4 * width]
         for c_in, c_out in zip(channels, channels[1:]):
             layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm))
             if batch_norm:
@@ -52,7 +54,7 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (B, C, 3, 3) for 28x28 images
-        if x.shape[-2:] != (3, 3):  # a smaller multi-crop view (e.g. 16x16 -> 2x2): same feature size
+        if x.shape[-2:] != (3, 3):  # another size (16x16 multi-crop views: 2x2; 32x32: 4x4): same feature size
             x = F.adaptive_avg_pool2d(x, 3)
         return self.fc(x.flatten(1))  # (B, feature_dim)
 
@@ -74,11 +76,12 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 for 28x28 inputs: 3x3 stem without max-pool, stages at 28, 14, 7 and 4 pixels."""
+    """ResNet-18 for small inputs: 3x3 stem without max-pool, stages at 28, 14, 7 and 4 pixels for
+    28x28 images (32, 16, 8, 4 for 32x32), global average pooling."""
 
-    def __init__(self, width: int = 64):
+    def __init__(self, width: int = 64, in_channels: int = 1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         blocks, c_in = [], width
         for i, c_out in enumerate([width, 2 * width, 4 * width, 8 * width]):
             stride = 1 if i == 0 else 2
@@ -132,7 +135,7 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT for 28x28 images: non-overlapping patch_size patches (4: a 7x7 grid of 49 tokens, fine
+    """ViT for small images (here for 28x28): non-overlapping patch_size patches (4: a 7x7 grid of 49 tokens, fine
     enough for attention maps; 7: a 4x4 grid, about 3x cheaper), a CLS token, learned position
     embeddings, `depth` pre-norm layers; the representation is the final-normed CLS token.
 
@@ -140,12 +143,13 @@ class VisionTransformer(nn.Module):
     interpolated to their grid, as DINO does.
     """
 
-    def __init__(self, patch_size: int = 4, dim: int = 192, depth: int = 4, heads: int = 3, image_size: int = 28):
+    def __init__(self, patch_size: int = 4, dim: int = 192, depth: int = 4, heads: int = 3, image_size: int = 28,
+                 in_channels: int = 1):
         super().__init__()
         if image_size % patch_size or dim % heads:
             raise ValueError(f"need patch_size ({patch_size}) to divide image_size ({image_size}) and heads ({heads}) to divide dim ({dim})")
         self.grid = image_size // patch_size
-        self.patch_embed = nn.Conv2d(1, dim, patch_size, stride=patch_size)
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
@@ -159,7 +163,7 @@ class VisionTransformer(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) -> (B, 1 + grid*grid, dim): CLS token then patch tokens, row by row, with positions."""
+        """(B, C, H, W) -> (B, 1 + grid*grid, dim): CLS token then patch tokens, row by row, with positions."""
         x = self.patch_embed(images)  # (B, dim, g, g)
         grid = x.shape[-2:]
         pos = self.pos_embed
@@ -189,16 +193,21 @@ class VisionTransformer(nn.Module):
         return cls_row.unflatten(-1, (-1, grid))
 
 
-ENCODERS: dict[str, Callable[[], nn.Module]] = {
-    "cnn": lambda: ConvNet(batch_norm=False),
-    "cnn-bn": lambda: ConvNet(batch_norm=True, fc_dim=None),
-    "resnet18": ResNet18,
-    "vit-tiny": VisionTransformer,
+VIT_PATCH = 4  # vit-tiny's patch side: a 7x7 grid on 28x28 images, 8x8 on 32x32
+# name -> builder(in_channels, image_size)
+ENCODERS: dict[str, Callable[[int, int], nn.Module]] = {
+    "cnn": lambda channels, size: ConvNet(batch_norm=False, in_channels=channels),
+    "cnn-bn": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, in_channels=channels),
+    "resnet18": lambda channels, size: ResNet18(in_channels=channels),
+    "vit-tiny": lambda channels, size: VisionTransformer(VIT_PATCH, image_size=size, in_channels=channels),
 }
 
 
-def build_encoder(name: str) -> nn.Module:
-    """A fresh encoder; it has a `feature_dim` attribute."""
+def build_encoder(name: str, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    """A fresh encoder for (B, in_channels, image_size, image_size) images; it has a `feature_dim` attribute."""
     if name not in ENCODERS:
         raise UserError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODERS)}")
-    return ENCODERS[name]()
+    if name == "vit-tiny" and image_size % VIT_PATCH:
+        raise UserError(f"encoder vit-tiny cuts images into {VIT_PATCH}x{VIT_PATCH} patches, which do not tile "
+                        f"{image_size}x{image_size} images; use another encoder or resize them to a multiple of {VIT_PATCH}")
+    return ENCODERS[name](in_channels, image_size)

@@ -1,158 +1,47 @@
-"""Judging a frozen backbone: features extracted once, then a linear probe and a kNN classifier.
+"""Evaluating a trained run: its checkpoint read back, its frozen backbone judged on the data it was
+trained on (or other data of the same kind) by probe.py's linear probe and kNN, optionally by
+label efficiency, and the results written to results.json.
 
-Protocol (every number in results.json names it): features from the backbone in eval mode on
-un-augmented, normalised images; the probe is multinomial logistic regression on standardised
-features, fitted by full-batch L-BFGS, with its weight decay chosen on the validation split and
-then refitted on train+validation; kNN is cosine-similarity, k=200, weighted by exp(sim/0.1) as in
-Wu et al. (2018). The test split is used once, for the reported numbers.
+Features are extracted once for every split; the protocol is probe.py's, and every number in
+results.json names it. The test split is used once, for the reported numbers.
 """
 
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from .augment import AugmentConfig, make_config, normalize
-from .checkpoint import load_checkpoint, load_into, resolve_checkpoint
+import torch
+from torch import nn
+
+from .augment import AugmentConfig, make_config
+from .checkpoint import first_line, load_checkpoint, load_into, resolve_checkpoint
 from .config import Config, config_from_dict
-from .data import FashionMNIST, load_fashion_mnist
+from .data import FASHION_MNIST_INFO, DataInfo, Dataset, load_dataset
 from .device import autocast_dtype, resolve_device
+from .errors import UserError
+from .label_efficiency import LabelFractions, label_fraction_results
 from .methods import Method, build_model
+from .probe import evaluate_features, extract_features
 from .runlog import write_json
 
-if TYPE_CHECKING:
-    from .label_efficiency import LabelFractions
 
-WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
-NUM_CLASSES = 10
-
-
-@torch.no_grad()
-def extract_features(backbone: nn.Module, images: torch.Tensor, aug: AugmentConfig, device: torch.device,
-                     batch_size: int = 1024, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """uint8 images (N, 28, 28) -> float32 features (N, D) on `device`, in eval mode (BatchNorm uses
-    its running statistics, so a sample's features do not depend on its batch)."""
-    modes = {module: module.training for module in backbone.modules()}
-    backbone.eval()
-    parts = []
-    try:
-        for start in range(0, len(images), batch_size):
-            x = normalize(images[start:start + batch_size].to(device), aug)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-                parts.append(backbone(x).float())
-    finally:
-        for module, training in modes.items():
-            module.training = training
-    return torch.cat(parts)
+def unevaluable(data: Dataset) -> str | None:
+    """Why `data` cannot judge a backbone, or None: the probe and kNN need labelled training,
+    validation and test images."""
+    if not data.labelled:
+        return f"{data.source} has no labels, so there is no linear probe or kNN; `fashionssl embed` gives the features"
+    empty = [name for name in ("train", "val", "test") if not len(getattr(data, name))]
+    if empty:
+        return (f"{data.source} has no {' or '.join(empty)} images, so there is no linear probe or kNN; "
+                "pretrain with a --val-size above 0")
+    return None
 
 
-def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int = 200,
-                temperature: float = 0.1, num_classes: int = NUM_CLASSES, chunk: int = 1024) -> torch.Tensor:
-    """Weighted kNN: each query's k most cosine-similar bank entries vote for their label with weight
-    exp(similarity / temperature). Returns (Q,) predicted labels."""
-    bank = F.normalize(bank.float(), dim=1)
-    k = min(k, len(bank))
-    predictions = []
-    for q in F.normalize(queries.float(), dim=1).split(chunk):
-        similarity, index = (q @ bank.T).topk(k, dim=1)  # (q, k)
-        votes = torch.zeros(len(q), num_classes, device=q.device)
-        votes.scatter_add_(1, bank_labels[index], (similarity / temperature).exp())
-        predictions.append(votes.argmax(1))
-    return torch.cat(predictions)
-
-
-def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    return (predictions == labels).float().mean().item()
-
-
-def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int = NUM_CLASSES) -> list[list[int]]:
-    """Counts of (true class, predicted class) pairs: row = true label, column = prediction."""
-    pairs = (labels * num_classes + predictions).cpu()
-    return torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes).tolist()
-
-
-def fit_linear_classifier(x: torch.Tensor, y: torch.Tensor, weight_decay: float, num_classes: int = NUM_CLASSES,
-                          max_iter: int = 50, init: nn.Linear | None = None) -> nn.Linear:
-    """Multinomial logistic regression, cross entropy + weight_decay/2 * ||W||^2, by full-batch L-BFGS.
-
-    A convex problem: the result is deterministic and needs no epochs or learning rate to tune.
-    Starting from zero, or from `init` (a solution for a nearby weight decay), which converges in
-    far fewer iterations when sweeping a grid. Each iteration reads the whole feature matrix (276 MB
-    for 60,000 x 1152 floats), so the cost is memory traffic; 50 iterations chose the same weight
-    decay and gave the same test accuracy (within 0.01 points) as 100 in half the time.
-
-    Stopping rule: after `max_iter` iterations, or earlier when an iteration no longer changes the
-    float32 objective (tolerance_change lies below float32's resolution), i.e. at the minimum to
-    float32 precision. The gradient left there depends on where the CPU's kernels round (3e-4 on one
-    machine, 2e-5 on another for the same small problem), the objective does not.
-    """
-    layer = nn.utils.skip_init(nn.Linear, x.shape[1], num_classes, device=x.device)  # no RNG draw
-    with torch.no_grad():
-        layer.weight.copy_(init.weight if init is not None else torch.zeros_like(layer.weight))
-        layer.bias.copy_(init.bias if init is not None else torch.zeros_like(layer.bias))
-    optimizer = torch.optim.LBFGS(layer.parameters(), lr=1, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(layer(x), y) + 0.5 * weight_decay * layer.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return layer.requires_grad_(False)
-
-
-def standardize(fit: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Scale every feature to zero mean and unit variance using statistics of `fit` alone."""
-    mean, std = fit.mean(0), fit.std(0).clamp_min(1e-6)
-    return [(t - mean) / std for t in (fit, *others)]
-
-
-def linear_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                 test: tuple[torch.Tensor, torch.Tensor], weight_decays: Sequence[float] = WEIGHT_DECAYS) -> dict:
-    """Choose the weight decay on `val`, refit on train+val with it, report accuracy on `test` once.
-
-    The grid is swept from strong to weak regularisation, each fit warm-started from the previous
-    solution, and the refit starts from the chosen one: the same optima, found several times faster.
-    """
-    x_train, x_val = standardize(train[0], val[0])
-    val_accuracy, solutions, previous = {}, {}, None
-    for wd in sorted(weight_decays, reverse=True):
-        previous = solutions[wd] = fit_linear_classifier(x_train, train[1], wd, init=previous)
-        val_accuracy[wd] = accuracy(previous(x_val).argmax(1), val[1])
-    best = max(weight_decays, key=lambda wd: (val_accuracy[wd], wd))  # ties: the stronger regulariser
-    x_fit, x_test = standardize(torch.cat([train[0], val[0]]), test[0])
-    classifier = fit_linear_classifier(x_fit, torch.cat([train[1], val[1]]), best, init=solutions[best])
-    predictions = classifier(x_test).argmax(1)
-    return {
-        "linear_probe_test_acc": accuracy(predictions, test[1]),
-        "linear_probe_val_acc": val_accuracy[best],
-        "linear_probe_weight_decay": best,
-        "linear_probe_val_acc_by_weight_decay": {str(wd): acc for wd, acc in val_accuracy.items()},
-        "linear_probe_confusion": confusion_matrix(predictions, test[1]),
-    }
-
-
-def evaluate_features(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                      test: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    """Linear probe and kNN on precomputed features ((features, labels) per split)."""
-    results = linear_probe(train, val, test)
-    bank, bank_labels = torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]])
-    results["knn_test_acc"] = accuracy(knn_predict(bank, bank_labels, test[0]), test[1])
-    return results
-
-
-def evaluate_backbone(backbone: nn.Module, data: FashionMNIST, aug: AugmentConfig, device: torch.device,
+def evaluate_backbone(backbone: nn.Module, data: Dataset, aug: AugmentConfig, device: torch.device,
                       batch_size: int = 1024, autocast_dtype: torch.dtype | None = None,
                       extra_evaluation: Callable[[dict], dict] | None = None,
-                      label_fractions: "LabelFractions | None" = None) -> dict:
+                      label_fractions: LabelFractions | None = None) -> dict:
     """Extract features of every split once, then probe and kNN, `extra_evaluation` of the features
     by split name (see Method.extra_evaluation) and, with `label_fractions`, the label-efficiency
     comparison on the same features; returns results with timings."""
@@ -175,56 +64,94 @@ def evaluate_backbone(backbone: nn.Module, data: FashionMNIST, aug: AugmentConfi
         eval_seconds=round(time.perf_counter() - start, 2),
     )
     if label_fractions is not None:
-        from .label_efficiency import label_fraction_results  # imported here: it builds on this module
-
         results["label_fractions_protocol"] = label_fractions.protocol()
         results["label_fractions"] = label_fraction_results(label_fractions, backbone, data, splits, results, aug,
                                                             device, autocast_dtype)
     return results
 
 
-def load_trained(checkpoint: str | Path) -> tuple[Config, Method, int]:
-    """(config, model with the checkpoint's weights, epochs trained) of a run directory or checkpoint."""
+@dataclass(frozen=True)
+class Trained:
+    """A checkpoint read back: its config, the model with its weights, the epochs trained and what
+    it was trained on (checkpoints older than `DataInfo` were all trained on Fashion-MNIST)."""
+
+    config: Config
+    model: Method
+    epochs: int
+    info: DataInfo
+    path: Path
+
+    def augmentation(self) -> AugmentConfig:
+        """The run's augmentation, normalising as training did."""
+        return make_config(self.config.augment, self.info, **self.config.augment_options)
+
+
+def load_trained(checkpoint: str | Path) -> Trained:
+    """A run directory's or checkpoint file's training, with its weights loaded."""
     state, path = load_checkpoint(checkpoint), resolve_checkpoint(checkpoint)
     cfg = config_from_dict(state["config"], f"{path} config")
-    model = build_model(cfg)
+    try:
+        info = DataInfo.from_dict(state["data"]) if "data" in state else FASHION_MNIST_INFO
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"checkpoint {path}: damaged description of its data ({first_line(e)})") from None
+    model = build_model(cfg, info)
     load_into(model, state["model"], path, f"method {cfg.method!r} with encoder {cfg.encoder!r}")
-    return cfg, model, state["epoch"]
+    return Trained(cfg, model, state["epoch"], info, path)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | None = None, device: str | None = None,
-                        out: str | Path | None = None, label_fractions: "LabelFractions | None" = None) -> dict:
-    """Evaluate a pretraining checkpoint's backbone; writes results.json beside it (or to `out`).
-    With `label_fractions`, results also compare probe, fine-tuning and training from scratch on
-    subsets of the labels (see label_efficiency.py)."""
-    cfg, model, epochs = load_trained(checkpoint)
-    path = resolve_checkpoint(checkpoint)
+def load_data_for(trained: Trained, data: str | None = None) -> Dataset:
+    """The data to judge `trained` on: `data` (a --data given now) or the data it was trained on,
+    split as training split it; its images must be of the channels and size the encoder takes."""
+    cfg = trained.config
+    dataset = load_dataset(data or cfg.data, cfg.val_size, data_dir=None if data else cfg.data_dir)
+    found, expected = dataset.info, trained.info
+    if (found.channels, found.size) != (expected.channels, expected.size):
+        raise UserError(f"{dataset.source} holds {found.channels}-channel {found.size}x{found.size} images but "
+                        f"{trained.path} was trained on {expected.channels}-channel {expected.size}x{expected.size} "
+                        "ones; pass --data with images like those it was trained on")
+    return dataset
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, device: str | None = None,
+                        out: str | Path | None = None, label_fractions: LabelFractions | None = None) -> dict:
+    """Evaluate a pretraining checkpoint's backbone on `data` (default: the data it was trained on);
+    writes results.json beside it (or to `out`). With `label_fractions`, results also compare probe,
+    fine-tuning and training from scratch on subsets of the labels (see label_efficiency.py).
+    Data without labels gets results that say why there are no numbers."""
+    trained = load_trained(checkpoint)
+    cfg, model = trained.config, trained.model
+    dataset = load_data_for(trained, data)
     dev = resolve_device(device or cfg.device)
-    data = load_fashion_mnist(data_dir or cfg.data_dir, cfg.val_size)
-    aug = make_config(cfg.augment, **cfg.augment_options)
     results = {"method": cfg.method, "encoder": cfg.encoder, "uses_labels": model.uses_labels,
-               "epochs": epochs, "checkpoint": str(path)}
+               "epochs": trained.epochs, "checkpoint": str(trained.path), "data": dataset.source,
+               "class_names": dataset.info.class_names and list(dataset.info.class_names)}
     if model.uses_labels:
         results["label_use"] = model.label_use
-    model.to(dev)
-    results.update(evaluate_backbone(model.backbone, data, aug, dev, cfg.eval_batch_size,
-                                     autocast_dtype(cfg.precision, dev), model.extra_evaluation,
-                                     label_fractions))
-    write_json(Path(out) if out else path.parent / "results.json", results)
+    reason = unevaluable(dataset)
+    if reason is not None:
+        results["not_evaluated"] = reason
+    else:
+        model.to(dev)
+        results.update(evaluate_backbone(model.backbone, dataset, trained.augmentation(), dev, cfg.eval_batch_size,
+                                         autocast_dtype(cfg.precision, dev), model.extra_evaluation,
+                                         label_fractions))
+    write_json(Path(out) if out else trained.path.parent / "results.json", results)
     return results
 
 
 def results_table(results: dict) -> str:
-    """A small Markdown table of the headline numbers."""
+    """A small Markdown table of the headline numbers (or why there are none)."""
+    title = f"{results.get('method', '?')} / {results.get('encoder', '?')}"
+    if results.get("uses_labels"):
+        title += f" ({results.get('label_use', 'uses labels')})"
+    if "not_evaluated" in results:
+        return f"{title}: not evaluated: {results['not_evaluated']}"
     rows = [("linear probe, test", f"{100 * results['linear_probe_test_acc']:.2f}%"),
             (f"  (weight decay {results['linear_probe_weight_decay']:g}, val)", f"{100 * results['linear_probe_val_acc']:.2f}%"),
             ("kNN (k=200, cosine), test", f"{100 * results['knn_test_acc']:.2f}%")]
     if "zero_shot_test_acc" in results:
         rows.append(("zero-shot (class prompts), test", f"{100 * results['zero_shot_test_acc']:.2f}%"))
     rows.append(("evaluation time", f"{results['eval_seconds']:.1f} s"))
-    title = f"{results.get('method', '?')} / {results.get('encoder', '?')}"
-    if results.get("uses_labels"):
-        title += f" ({results.get('label_use', 'uses labels')})"
     width = max(len(r[0]) for r in rows)
     lines = [f"| {title:<{width}} | accuracy |", f"|{'-' * (width + 2)}|----------|"]
     lines += [f"| {name:<{width}} | {value:>8} |" for name, value in rows]

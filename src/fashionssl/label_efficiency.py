@@ -35,11 +35,11 @@ from torch import nn
 from tqdm import tqdm
 
 from . import augment
-from .data import FashionMNIST, Split, stratified_order
+from .data import Dataset, Split, stratified_order
 from .errors import UserError
-from .evaluate import NUM_CLASSES, accuracy, extract_features, linear_probe
 from .methods.supervised import Supervised
 from .optim import build_optimizer
+from .probe import accuracy, count_classes, extract_features, linear_probe
 from .schedules import warmup_cosine
 from .train import train_step
 
@@ -119,18 +119,21 @@ def subset_size(n: int, fraction: float, minimum: int) -> int:
     return min(n, max(minimum, round(fraction * n)))
 
 
-def stratified_subset(labels: torch.Tensor, fraction: float, seed: int, minimum: int = NUM_CLASSES) -> torch.Tensor:
-    """Sorted indices of a stratified `fraction` of `labels` (at least `minimum` of them): a prefix of a
+def stratified_subset(labels: torch.Tensor, fraction: float, seed: int, minimum: int | None = None) -> torch.Tensor:
+    """Sorted indices of a stratified `fraction` of `labels` (at least `minimum` of them, by default
+    one per class): a prefix of a
     seeded stratified order, so for one seed a smaller fraction's subset lies inside a larger one's,
     and fraction 1 gives every index in order (the full-label data, exactly)."""
     order = stratified_order(labels, torch.Generator().manual_seed(seed))
+    minimum = count_classes(labels) if minimum is None else minimum
     return order[:subset_size(len(labels), fraction, minimum)].sort().values
 
 
-def label_subsets(data: FashionMNIST, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def label_subsets(data: Dataset, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(training indices, validation indices) of one fraction."""
-    return (stratified_subset(data.train.labels, fraction, seed),
-            stratified_subset(data.val.labels, fraction, seed, MIN_VAL_PER_CLASS * NUM_CLASSES))
+    classes = len(data.info.class_names)
+    return (stratified_subset(data.train.labels, fraction, seed, classes),
+            stratified_subset(data.val.labels, fraction, seed, MIN_VAL_PER_CLASS * classes))
 
 
 def take(split: Split, index: torch.Tensor) -> Split:
@@ -163,13 +166,13 @@ def batch_indices(n: int, steps: int, batch_size: int, generator: torch.Generato
     return order[:steps * batch_size].view(steps, batch_size)
 
 
-def train_classifier(backbone: nn.Module, train: Split, aug: augment.AugmentConfig, device: torch.device,
-                     settings: LabelFractions, autocast_dtype: torch.dtype | None = None,
+def train_classifier(backbone: nn.Module, train: Split, class_names: tuple[str, ...], aug: augment.AugmentConfig,
+                     device: torch.device, settings: LabelFractions, autocast_dtype: torch.dtype | None = None,
                      desc: str = "fine-tune") -> nn.Sequential:
-    """Train `backbone` (modified in place) and a new linear head together on `train`: the
-    `supervised` method, stepped by the training loop's own `train_step`; returns the classifier
-    (backbone, head) in eval mode, mapping images to logits."""
-    model = seeded(settings.seed, lambda: Supervised(backbone)).to(device).to(memory_format=torch.channels_last)
+    """Train `backbone` (modified in place) and a new linear head over `class_names` together on
+    `train`: the `supervised` method, stepped by the training loop's own `train_step`; returns the
+    classifier (backbone, head) in eval mode, mapping images to logits."""
+    model = seeded(settings.seed, lambda: Supervised(backbone, class_names)).to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("adamw", model, settings.lr, settings.weight_decay)
     lrs = warmup_cosine(settings.lr, settings.steps, settings.steps // 20).tolist()
     batch = min(settings.batch_size, len(train))
@@ -195,7 +198,7 @@ def classifier_accuracy(model: nn.Module, split: Split, aug: augment.AugmentConf
     return accuracy(logits.argmax(1), split.labels.to(device))
 
 
-def label_fraction_results(settings: LabelFractions, backbone: nn.Module, data: FashionMNIST,
+def label_fraction_results(settings: LabelFractions, backbone: nn.Module, data: Dataset,
                            splits: Sequence[tuple[torch.Tensor, torch.Tensor]], full_label_probe: dict,
                            aug: augment.AugmentConfig, device: torch.device,
                            autocast_dtype: torch.dtype | None = None) -> dict:
@@ -223,7 +226,7 @@ def label_fraction_results(settings: LabelFractions, backbone: nn.Module, data: 
         if settings.finetune:
             runs = {"finetune": copy.deepcopy(backbone), **runs}
         for name, start_from in runs.items():
-            model = train_classifier(start_from, train, train_aug, device, settings, autocast_dtype,
+            model = train_classifier(start_from, train, data.info.class_names, train_aug, device, settings, autocast_dtype,
                                      desc=f"{name} {fraction:g}")
             row[f"{name}_val_acc"] = classifier_accuracy(model, val, aug, device, autocast_dtype)
             row[f"{name}_test_acc"] = classifier_accuracy(model, data.test, aug, device, autocast_dtype)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,12 +27,12 @@ from tqdm import tqdm
 
 from . import augment
 from .config import Config
-from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
+from .data import Dataset, Split, load_dataset
 from .device import autocast_dtype, resolve_device
 from .errors import UserError
-from .evaluate import extract_features, load_trained
+from .evaluate import Trained, load_data_for, load_trained
 from .label_efficiency import LABEL_EFFICIENCY_CLASSIFIERS, same_scratch_baseline
-from .methods import Method
+from .probe import extract_features
 from .runlog import read_metrics
 
 # Test images on the embedding map, and t-SNE iterations: measured 48 CPU-seconds for 2,500 points
@@ -56,19 +57,16 @@ class Run:
 
     name: str
     path: Path
-    config: Config
-    model: Method
-    epochs: int
+    trained: Trained
     metrics: list[dict]
     results: dict | None
 
 
 def load_run(run_dir: str | Path, name: str) -> Run:
     run_dir = Path(run_dir)
-    cfg, model, epochs = load_trained(run_dir)
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
-    return Run(name, run_dir, cfg, model, epochs, read_metrics(run_dir), results)
+    return Run(name, run_dir, load_trained(run_dir), read_metrics(run_dir), results)
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -94,6 +92,13 @@ def pick_per_class(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor(picked[:n], dtype=torch.long)
 
 
+def pick_images(split: Split, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of n images of `split`: one of each class in turn, or n random ones without labels."""
+    if split.labels is None:
+        return torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
+    return pick_per_class(split.labels, n, seed)
+
+
 def nearest_neighbours(bank: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(similarity, index) of each query's k most cosine-similar bank rows, both (Q, k), best first."""
     return (F.normalize(queries.float(), dim=1) @ F.normalize(bank.float(), dim=1).T).topk(k, dim=1)
@@ -112,8 +117,14 @@ def embedding_map(features: np.ndarray, seed: int = 0) -> np.ndarray:
 
 # Figures: each returns a matplotlib Figure.
 
-def _show(ax, image: np.ndarray, title: str | None = None, color: str = "black") -> None:
-    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+def picture(image: torch.Tensor) -> np.ndarray:
+    """An image (C, H, W), uint8 or float in [0, 1], as imshow draws it: (H, W) grey or (H, W, 3)."""
+    image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+    return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+
+
+def _show(ax, image: torch.Tensor, title: str | None = None, color: str = "black") -> None:
+    ax.imshow(picture(image), cmap="gray", vmin=0, vmax=1)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -196,29 +207,43 @@ def label_efficiency_figure(runs: list[tuple[str, dict]]) -> Figure:
     return fig
 
 
-def embedding_figure(points: np.ndarray, labels: np.ndarray) -> Figure:
+def embedding_figure(points: np.ndarray, labels: np.ndarray | None, class_names: tuple[str, ...] | None,
+                     split: str = "test") -> Figure:
+    """The map's points coloured by class, named in the legend; one colour without labels."""
     fig = Figure(figsize=(7, 6), layout="constrained")
     ax = fig.subplots()
-    for cls, name in enumerate(CLASS_NAMES):
-        keep = labels == cls
-        ax.scatter(points[keep, 0], points[keep, 1], s=4, color=f"C{cls}", label=name)
-    ax.set(title=f"t-SNE of {len(points)} test images' backbone features", xticks=[], yticks=[])
-    ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=4, color="C0")
+    else:
+        colours = matplotlib.colormaps["tab10" if len(class_names) <= 10 else "turbo"].resampled(len(class_names))
+        for cls, name in enumerate(class_names):
+            keep = labels == cls
+            ax.scatter(points[keep, 0], points[keep, 1], s=4, color=colours(cls), label=name)
+        ax.legend(markerscale=3, fontsize=8 if len(class_names) <= 20 else 6, loc="center left",
+                  bbox_to_anchor=(1, 0.5), ncols=1 + len(class_names) // 30)
+    ax.set(title=f"t-SNE of {len(points)} {split} images' backbone features", xticks=[], yticks=[])
     return fig
 
 
-def retrieval_figure(queries: torch.Tensor, query_labels: torch.Tensor, neighbours: torch.Tensor,
-                     neighbour_labels: torch.Tensor, similarity: torch.Tensor) -> Figure:
-    """Rows: a test query, then its nearest training images (title green when the class matches)."""
+def retrieval_figure(queries: torch.Tensor, query_labels: torch.Tensor | None, neighbours: torch.Tensor,
+                     neighbour_labels: torch.Tensor | None, similarity: torch.Tensor,
+                     class_names: tuple[str, ...] | None) -> Figure:
+    """Rows: a query, then its nearest training images (with labels: titles name the class, green
+    when it matches the query's)."""
     rows, k = neighbours.shape[:2]
     fig = Figure(figsize=(1.1 * (k + 1), 1.25 * rows), layout="constrained")
     axes = fig.subplots(rows, k + 1, squeeze=False)
     for r in range(rows):
+        if query_labels is None:
+            _show(axes[r, 0], queries[r], "query")
+            for c in range(k):
+                _show(axes[r, c + 1], neighbours[r, c], f"{similarity[r, c]:.2f}")
+            continue
         true = int(query_labels[r])
-        _show(axes[r, 0], queries[r].numpy() / 255, f"query: {CLASS_NAMES[true]}")
+        _show(axes[r, 0], queries[r], f"query: {class_names[true]}")
         for c in range(k):
             label = int(neighbour_labels[r, c])
-            _show(axes[r, c + 1], neighbours[r, c].numpy() / 255, f"{CLASS_NAMES[label]} {similarity[r, c]:.2f}",
+            _show(axes[r, c + 1], neighbours[r, c], f"{class_names[label]} {similarity[r, c]:.2f}",
                   "green" if label == true else "red")
     return fig
 
@@ -227,18 +252,18 @@ def augmentation_figure(images: torch.Tensor, aug: augment.AugmentConfig, views:
     """Rows: an original image, then `views` random views of it under `aug`, as training draws them
     (un-normalised back to [0, 1] for display)."""
     generator = torch.Generator().manual_seed(seed)
-    drawn = torch.stack(augment.views(images, aug, generator, augment.ViewSpec(global_views=views)), dim=1)  # (N, views, 1, size, size)
-    drawn = (drawn * aug.std + aug.mean).clamp(0, 1)
+    drawn = [augment.denormalize(v, aug) for v in augment.views(images, aug, generator, augment.ViewSpec(global_views=views))]
+    drawn = torch.stack(drawn, dim=1)  # (N, views, C, size, size)
     fig = Figure(figsize=(1.1 * (views + 1), 1.2 * len(images)), layout="constrained")
     axes = fig.subplots(len(images), views + 1, squeeze=False)
     for r in range(len(images)):
-        _show(axes[r, 0], images[r].numpy() / 255, "original" if r == 0 else None)
+        _show(axes[r, 0], images[r], "original" if r == 0 else None)
         for c in range(views):
-            _show(axes[r, c + 1], drawn[r, c, 0].numpy(), f"view {c + 1}" if r == 0 else None)
+            _show(axes[r, c + 1], drawn[r, c], f"view {c + 1}" if r == 0 else None)
     return fig
 
 
-def confusion_figure(counts: list[list[int]]) -> Figure:
+def confusion_figure(counts: list[list[int]], class_names: tuple[str, ...]) -> Figure:
     """Counts as numbers, colour by the fraction of the true class (rows sum to 1)."""
     counts_np = np.asarray(counts)
     fractions = counts_np / np.maximum(counts_np.sum(1, keepdims=True), 1)
@@ -248,8 +273,8 @@ def confusion_figure(counts: list[list[int]]) -> Figure:
     for (r, c), n in np.ndenumerate(counts_np):
         ax.text(c, r, str(n), ha="center", va="center", fontsize=7, color="white" if fractions[r, c] > 0.5 else "black")
     ticks = range(len(counts_np))
-    ax.set_xticks(ticks, CLASS_NAMES[:len(counts_np)], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(ticks, CLASS_NAMES[:len(counts_np)], fontsize=8)
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, class_names, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title="linear probe on the test set (counts)")
     return fig
 
@@ -263,10 +288,10 @@ def attention_figure(images: torch.Tensor, attention: torch.Tensor) -> Figure:
     fig = Figure(figsize=(1.2 * (heads + 2), 1.25 * rows), layout="constrained")
     axes = fig.subplots(rows, heads + 2, squeeze=False)
     for r in range(rows):
-        _show(axes[r, 0], images[r].numpy() / 255, "image" if r == 0 else None)
+        _show(axes[r, 0], images[r], "image" if r == 0 else None)
         for c in range(heads + 1):
             ax = axes[r, c + 1]
-            ax.imshow(images[r].numpy() / 255, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(picture(images[r]), cmap="gray", vmin=0, vmax=1)
             ax.imshow(maps[r, c].numpy(), cmap="inferno", alpha=0.6)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -344,13 +369,13 @@ def summary(page: Page, runs: list[Run]) -> None:
     header += ["zero-shot (test)"] if zero_shot else []
     rows = []
     for r in runs:
-        method = r.config.method + (" (uses labels)" if r.model.uses_labels else "")
-        row = [r.name, method, r.config.encoder, str(r.epochs), percent(r.results, "linear_probe_test_acc"),
+        method = r.trained.config.method + (" (uses labels)" if r.trained.model.uses_labels else "")
+        row = [r.name, method, r.trained.config.encoder, str(r.trained.epochs), percent(r.results, "linear_probe_test_acc"),
                percent(r.results, "knn_test_acc")]
         rows.append(row + ([percent(r.results, "zero_shot_test_acc")] if zero_shot else []))
     page.heading("Summary")
     page.table(header, rows)
-    if any(r.model.uses_labels for r in runs):
+    if any(r.trained.model.uses_labels for r in runs):
         page.note("Runs marked 'uses labels' were trained with the class labels: a reference, not self-supervised.")
     for r in runs:
         if r.results is None:
@@ -377,58 +402,69 @@ def label_efficiency_section(page: Page, runs: list[Run]) -> None:
         page.note(f"Protocol: {protocol}.")
 
 
-def run_section(page: Page, run: Run, data: FashionMNIST, device: torch.device, bar: tqdm) -> None:
-    """The figures of one run: embedding map, retrieval, augmentations, confusion matrix, attention."""
-    cfg, backbone = run.config, run.model.backbone.to(device).eval()
-    aug = augment.make_config(cfg.augment, **cfg.augment_options)
+def run_section(page: Page, run: Run, data: Dataset, device: torch.device, bar: tqdm) -> None:
+    """The figures of one run: embedding map, retrieval, augmentations, confusion matrix, attention.
+    They show the test images, or without labels the training images, captioned with the data's
+    class names."""
+    cfg, backbone = run.trained.config, run.trained.model.backbone.to(device).eval()
+    aug = run.trained.augmentation()
     amp = autocast_dtype(cfg.precision, device)
+    names = data.info.class_names
+    split, shown = ("test", data.test) if len(data.test) else ("training", data.train)
     page.heading(f"Run {run.name}")
-    page.note(f"{run.path}: {cfg.method}, {cfg.encoder}, {run.epochs} epochs, augmentation {cfg.augment} "
-              f"{cfg.augment_options or ''}".strip())
+    page.note(f"{run.path}: {cfg.method}, {cfg.encoder}, {run.trained.epochs} epochs, augmentation {cfg.augment} "
+              f"{cfg.augment_options or ''}, data {data.source}".strip())
 
     bar.set_postfix_str(f"{run.name}: features")
     bank = slice(0, RETRIEVAL_BANK)
     train = extract_features(backbone, data.train.images[bank], aug, device, cfg.eval_batch_size, amp).cpu()
-    test = extract_features(backbone, data.test.images, aug, device, cfg.eval_batch_size, amp).cpu()
+    features = extract_features(backbone, shown.images, aug, device, cfg.eval_batch_size, amp).cpu()
     bar.update()
 
     bar.set_postfix_str(f"{run.name}: t-SNE")
-    subset = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:TSNE_POINTS]
-    points = embedding_map(test[subset].numpy())
+    subset = torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:TSNE_POINTS]
+    points = embedding_map(features[subset].numpy())
+    labels = None if shown.labels is None else shown.labels[subset].numpy()
     page.heading("Embedding map", 3)
-    page.figure(embedding_figure(points, data.test.labels[subset].numpy()), f"{run.name}-tsne.png",
-                f"t-SNE (after PCA to {PCA_DIM} dimensions) of {len(subset)} random test images, coloured by class")
+    page.figure(embedding_figure(points, labels, names, split), f"{run.name}-tsne.png",
+                f"t-SNE (after PCA to {PCA_DIM} dimensions) of {len(subset)} random {split} images"
+                + (", coloured by class" if labels is not None else " (the data has no labels)"))
     bar.update()
 
     bar.set_postfix_str(f"{run.name}: retrieval")
-    queries = pick_per_class(data.test.labels, QUERIES)
-    similarity, index = nearest_neighbours(train, test[queries], NEIGHBOURS)
+    queries = pick_images(shown, QUERIES)
+    similarity, index = nearest_neighbours(train, features[queries], NEIGHBOURS)
+    bank_labels = data.train.labels
     page.heading("Nearest neighbours", 3)
-    page.figure(retrieval_figure(data.test.images[queries], data.test.labels[queries], data.train.images[bank][index],
-                                 data.train.labels[bank][index], similarity), f"{run.name}-retrieval.png",
-                f"test queries and their {NEIGHBOURS} most cosine-similar images among the first {len(train)} "
-                "training images (backbone features, similarity above each); green: same class")
+    page.figure(retrieval_figure(shown.images[queries], None if shown.labels is None else shown.labels[queries],
+                                 data.train.images[bank][index],
+                                 None if bank_labels is None else bank_labels[bank][index], similarity, names),
+                f"{run.name}-retrieval.png",
+                f"{split} queries and their {NEIGHBOURS} most cosine-similar images among the first {len(train)} "
+                "training images (backbone features, similarity above each)"
+                + ("; green: same class" if names else "; a query among them finds itself first"))
     bar.update()
 
     bar.set_postfix_str(f"{run.name}: augmentations")
     page.heading("Augmented views", 3)
-    page.figure(augmentation_figure(data.train.images[pick_per_class(data.train.labels, AUG_IMAGES)], aug, AUG_VIEWS),
+    page.figure(augmentation_figure(data.train.images[pick_images(data.train, AUG_IMAGES)], aug, AUG_VIEWS),
                 f"{run.name}-augmentations.png",
                 f"what the model is asked to match: random views under the run's augmentation ({cfg.augment})")
     bar.update()
 
     page.heading("Linear-probe confusion matrix", 3)
-    confusion = (run.results or {}).get("linear_probe_confusion")
+    results = run.results or {}
+    confusion = results.get("linear_probe_confusion")
     if confusion is None:
-        page.note("results.json has no linear_probe_confusion (missing, or written by an older fashionssl); "
-                  f"`fashionssl evaluate {run.path}` adds it.")
+        page.note(results.get("not_evaluated") or "results.json has no linear_probe_confusion (missing, or written "
+                  f"by an older fashionssl); `fashionssl evaluate {run.path}` adds it.")
     else:
-        page.figure(confusion_figure(confusion), f"{run.name}-confusion.png",
-                    "rows: true class, columns: the linear probe's prediction")
+        page.figure(confusion_figure(confusion, tuple(results.get("class_names") or names)),
+                    f"{run.name}-confusion.png", "rows: true class, columns: the linear probe's prediction")
 
     bar.set_postfix_str(f"{run.name}: attention")
     if hasattr(backbone, "cls_attention"):
-        images = data.test.images[queries]
+        images = shown.images[queries]
         with torch.no_grad():
             attention = backbone.cls_attention(augment.normalize(images.to(device), aug)).cpu()
         page.heading("CLS attention", 3)
@@ -438,14 +474,15 @@ def run_section(page: Page, run: Run, data: FashionMNIST, device: torch.device, 
     bar.update()
 
 
-def preview_augmentations(aug: augment.AugmentConfig, out: str | Path, images: int = AUG_IMAGES,
-                          views: int = AUG_VIEWS, seed: int = 0, data_dir: str | None = None) -> Path:
-    """The report's augmentation grid for `aug` on training images of different classes, as one PNG:
-    a recipe can be checked by eye before training with it."""
+def preview_augmentations(cfg: Config, out: str | Path, images: int = AUG_IMAGES, views: int = AUG_VIEWS,
+                          seed: int = 0) -> Path:
+    """The report's augmentation grid for `cfg`'s augmentation on training images of different
+    classes of its data, as one PNG: a recipe can be checked by eye before training with it."""
     if images < 1 or views < 1:
         raise UserError(f"--images and --views must be >= 1, got {images} and {views}")
-    data = load_fashion_mnist(data_dir, val_size=0)
-    fig = augmentation_figure(data.train.images[pick_per_class(data.train.labels, images, seed)], aug, views, seed)
+    data = load_dataset(cfg.data, 0, data_dir=cfg.data_dir)
+    aug = augment.make_config(cfg.augment, data.info, **cfg.augment_options)
+    fig = augmentation_figure(data.train.images[pick_images(data.train, images, seed)], aug, views, seed)
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -455,10 +492,11 @@ def preview_augmentations(aug: augment.AugmentConfig, out: str | Path, images: i
     return out
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path | None = None, data_dir: str | None = None,
+def write_report(run_dirs: list[str | Path], out: str | Path | None = None, data: str | None = None,
                  device: str | None = None) -> Path:
     """Write report.html and its PNG figures to `out` (default: RUN_DIR/report for one run,
-    runs/report-<time> for several); returns the path of report.html."""
+    runs/report-<time> for several), on `data` or else the data each run was trained on; returns
+    the path of report.html."""
     if not run_dirs:
         raise UserError("no run directory given: pass one or more run directories")
     paths = [Path(p) for p in run_dirs]
@@ -485,12 +523,12 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None, data
         else:
             page.note("no kNN-monitor values in metrics.jsonl (trained with --knn-every 0).")
         label_efficiency_section(page, runs)
-        datasets: dict[tuple, FashionMNIST] = {}
+        datasets: dict[tuple, Dataset] = {}
         for run in runs:
-            cfg = run.config
-            key = (data_dir or cfg.data_dir, cfg.val_size)
+            cfg = run.trained.config
+            key = (data, cfg.data, cfg.data_dir, cfg.val_size)
             if key not in datasets:
-                datasets[key] = load_fashion_mnist(*key)
+                datasets[key] = load_data_for(run.trained, data)
             run_section(page, run, datasets[key], resolve_device(device or cfg.device), bar)
     title = "fashionssl report: " + ", ".join(r.name for r in runs)
     return page.write(title)

@@ -24,14 +24,14 @@ from tqdm import tqdm
 from . import augment
 from .checkpoint import load_checkpoint, load_into, resolve_checkpoint, save_checkpoint
 from .config import Config, config_from_dict
-from .data import FashionMNIST, load_fashion_mnist
+from .data import DataInfo, Dataset, load_dataset
 from .device import autocast_dtype, keep_freed_host_memory, resolve_device
 from .distributed import (is_main_process, main_process_decides, mean_over_ranks, process_device,
                           rank, shard_batches, sync_batchnorm, world_size)
 from .errors import UserError
-from .evaluate import accuracy, extract_features, knn_predict
 from .methods import Method, build_model
 from .optim import build_optimizer
+from .probe import accuracy, extract_features, knn_predict
 from .runlog import MetricsLog, versions, write_json
 from .schedules import warmup_cosine
 
@@ -85,11 +85,12 @@ def uses_sync_batchnorm(cfg: Config, model: Method) -> bool:
     return model.needs_sync_batchnorm if cfg.sync_batchnorm is None else cfg.sync_batchnorm
 
 
-def build_training_model(cfg: Config, device: torch.device) -> Method:
-    """The configured method, initialised from `cfg.seed`, on `device`, with SyncBatchNorm where
-    `uses_sync_batchnorm` says so (its state dict is BatchNorm's: checkpoints move between world sizes)."""
+def build_training_model(cfg: Config, info: DataInfo, device: torch.device) -> Method:
+    """The configured method for `info`'s images, initialised from `cfg.seed`, on `device`, with
+    SyncBatchNorm where `uses_sync_batchnorm` says so (its state dict is BatchNorm's: checkpoints
+    move between world sizes)."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
+    model = build_model(cfg, info)
     if uses_sync_batchnorm(cfg, model):
         sync_batchnorm(model)
     model = model.to(device)
@@ -112,7 +113,7 @@ def training_forward(model: Method, device: torch.device, compile: bool) -> torc
 
 
 def train_step(forward: torch.nn.Module, model: Method, optimizer: torch.optim.Optimizer, views: list[torch.Tensor],
-               labels: torch.Tensor, lr: float, step: int, total_steps: int,
+               labels: torch.Tensor | None, lr: float, step: int, total_steps: int,
                amp: torch.dtype | None) -> dict[str, torch.Tensor]:
     """One optimizer step on this rank's share of the global batch. Returns this rank's loss and
     the method's extra logs ("loss" first), detached float scalars left on the device: reading one
@@ -136,7 +137,7 @@ def read_window(values: list[dict[str, torch.Tensor]]) -> tuple[list[str], list[
     return list(values[0]), rows
 
 
-def knn_monitor(model: Method, data: FashionMNIST, aug: augment.AugmentConfig, cfg: Config,
+def knn_monitor(model: Method, data: Dataset, aug: augment.AugmentConfig, cfg: Config,
                 device: torch.device, amp: torch.dtype | None) -> float:
     """kNN accuracy on the validation split with a bank of the first `knn_bank_size` training images."""
     bank = data.train.images[:cfg.knn_bank_size]
@@ -162,8 +163,9 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     main = is_main_process()
     device = process_device(resolve_device(cfg.device))
     amp = autocast_dtype(cfg.precision, device)
-    data = load_fashion_mnist(cfg.data_dir, cfg.val_size, train_subset=cfg.train_subset)
-    aug = augment.make_config(cfg.augment, **cfg.augment_options)
+    data = load_dataset(cfg.data, cfg.val_size, train_subset=cfg.train_subset, data_dir=cfg.data_dir)
+    aug = augment.make_config(cfg.augment, data.info, **cfg.augment_options)
+    model = build_training_model(cfg, data.info, device)  # first: it refuses methods the data cannot train
     n, global_batch = len(data.train), cfg.batch_size
     if global_batch > n:
         raise UserError(f"batch_size {global_batch} is larger than the {n} training images; lower --batch-size")
@@ -175,10 +177,12 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     total_steps = steps_per_epoch * cfg.epochs
     lrs = warmup_cosine(cfg.lr, total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.final_lr).tolist()
 
-    model = build_training_model(cfg, device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay)
     start_epoch = 0
     if state is not None:
+        if "data" in state and DataInfo.from_dict(state["data"]) != data.info:
+            raise UserError(f"{data.source} is not the data {checkpoint} was trained on (its images, their "
+                            "statistics or its classes changed); resume with the same data, or start a new run")
         load_into(model, state["model"], checkpoint, f"method {cfg.method!r} with encoder {cfg.encoder!r}")
         load_into(optimizer, state.get("optimizer"), checkpoint, f"optimizer {cfg.optimizer!r} for this model")
         start_epoch = state["epoch"]
@@ -191,12 +195,15 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
         write_json(run_dir / "versions.json", versions(device))
     forward = training_forward(model, device, cfg.compile)
 
-    images, labels = data.train.images.to(device), data.train.labels.to(device)
+    images = data.train.images.to(device)
+    labels = data.train.labels.to(device) if data.labelled else None  # methods that need labels refuse None
     # Lines past the last checkpoint (left by a killed attempt) are dropped: those steps run again.
     log = MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch) if main else None
     bar = tqdm(total=(cfg.epochs - start_epoch) * steps_per_epoch * global_batch, unit="img", unit_scale=True,
                dynamic_ncols=True, mininterval=1.0, disable=None if main else True)
     saved_epoch = start_epoch
+    if main and not data.labelled:
+        bar.write(f"{data.source} has no labels: no kNN monitor, and no evaluation after pretraining")
     # Tiny gradients turn into denormal floats, which x86 CPUs process up to 7x slower (measured:
     # fp32 steps swung between 180 and 1,300 images/s); flushing them to zero costs no accuracy.
     # Process-wide, so it is switched off again when training ends; so is the host memory policy.
@@ -218,7 +225,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
                 views = augment.views(images[index], aug, aug_generator, model.view_spec)
                 if cfg.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                window.append(train_step(forward, model, optimizer, views, labels[index], lrs[step], step,
+                batch_labels = None if labels is None else labels[index]
+                window.append(train_step(forward, model, optimizer, views, batch_labels, lrs[step], step,
                                          total_steps, amp))
                 bar.update(global_batch)
                 log_now = (step + 1) % cfg.log_every == 0
@@ -255,7 +263,8 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
             if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs) and len(data.val):
                 summary["knn_val_acc"] = knn_monitor(model, data, aug, cfg, device, amp)
             save_checkpoint(run_dir / "checkpoint.pt", {
-                "config": dataclasses.asdict(cfg), "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                "config": dataclasses.asdict(cfg), "data": dataclasses.asdict(data.info),
+                "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             })
             saved_epoch = epoch + 1

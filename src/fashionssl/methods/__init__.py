@@ -4,6 +4,7 @@ import inspect
 
 from torch import nn
 
+from ..data import DataInfo
 from ..encoders import build_encoder
 from ..errors import UserError
 from .barlow import BarlowTwins
@@ -35,12 +36,16 @@ METHODS: dict[str, type[Method]] = {
 
 
 def method_options(name: str) -> dict[str, object]:
-    """The options a method accepts (its constructor's keyword arguments) with their defaults."""
+    """The options a method accepts (its constructor's keyword arguments) with their defaults;
+    the backbone and the class names come from the run, not from options."""
     params = inspect.signature(METHODS[name]).parameters
-    return {k: p.default for k, p in params.items() if k != "backbone"}
+    return {k: p.default for k, p in params.items() if k not in ("backbone", "class_names")}
 
 
-def build_method(name: str, backbone: nn.Module, options: dict | None = None) -> Method:
+def build_method(name: str, backbone: nn.Module, options: dict | None = None,
+                 class_names: tuple[str, ...] | None = None) -> Method:
+    """Method `name` on `backbone`; methods that train with labels (`uses_labels`) also get the
+    data's `class_names` (None: the data has no labels, which they refuse)."""
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     options = dict(options or {})
@@ -48,9 +53,16 @@ def build_method(name: str, backbone: nn.Module, options: dict | None = None) ->
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(unknown)} for method {name}; valid: {', '.join(valid) or 'none'}")
-    return METHODS[name](backbone, **options)
+    method = METHODS[name]
+    if not method.uses_labels:
+        return method(backbone, **options)
+    if class_names is None:
+        raise UserError(f"method {name} trains with labels and the data has none; choose a self-supervised method, "
+                        f"e.g. --method simclr")
+    return method(backbone, class_names, **options)
 
 
-def build_model(cfg) -> Method:
-    """The method named by a `Config`, on a fresh encoder of the configured kind."""
-    return build_method(cfg.method, build_encoder(cfg.encoder), cfg.method_options)
+def build_model(cfg, info: DataInfo) -> Method:
+    """The method named by a `Config`, on a fresh encoder of the configured kind for `info`'s images."""
+    backbone = build_encoder(cfg.encoder, info.channels, info.size)
+    return build_method(cfg.method, backbone, cfg.method_options, info.class_names)

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import ViewSpec
-from ..captions import VOCAB, CaptionSampler, prompts, tokenize
+from ..captions import CLASSES, VOCAB, CaptionSampler, prompts, tokenize
 from ..device import at_least_float32
 from ..distributed import gather, rank
+from ..errors import UserError
 from ..heads import mlp_head
 from ..losses import clip_loss
 from .base import Method, check_option, check_size
@@ -59,9 +60,14 @@ class CLIP(Method):
     uses_labels = True
     label_use = "captions derive from labels"
 
-    def __init__(self, backbone, embed_dim: int = 128, hidden_dim: int = 512, text_width: int = 256,
-                 temperature: float = 0.07):
+    def __init__(self, backbone, class_names: tuple[str, ...], embed_dim: int = 128, hidden_dim: int = 512,
+                 text_width: int = 256, temperature: float = 0.07):
         super().__init__(backbone)
+        described = tuple(c.name for c in CLASSES)
+        if tuple(class_names) != described:
+            raise UserError(f"method clip generates its captions from descriptions of Fashion-MNIST's classes "
+                            f"({', '.join(described)}), and the data's classes are {', '.join(class_names)}; "
+                            "choose another method, e.g. --method supervised")
         check_size("clip", "embed_dim", embed_dim)
         check_size("clip", "hidden_dim", hidden_dim)
         check_size("clip", "text_width", text_width)

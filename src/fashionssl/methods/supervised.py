@@ -11,23 +11,22 @@ from ..augment import ViewSpec
 from ..device import at_least_float32
 from .base import Method, check_option
 
-NUM_CLASSES = 10  # Fashion-MNIST
-
 
 class Supervised(Method):
-    """Options: label_smoothing of the cross entropy (0 = plain cross entropy)."""
+    """A linear classifier over `class_names`. Options: label_smoothing of the cross entropy (0 =
+    plain cross entropy)."""
 
     view_spec = ViewSpec(global_views=1)
     needs_sync_batchnorm = False  # a per-sample loss: per-rank BatchNorm statistics do
     uses_labels = True
 
-    def __init__(self, backbone, label_smoothing: float = 0.0):
+    def __init__(self, backbone, class_names: tuple[str, ...], label_smoothing: float = 0.0):
         super().__init__(backbone)
         self.label_smoothing = check_option("supervised", "label_smoothing", label_smoothing, "a number in [0, 1)",
                                             lambda v: 0 <= v < 1)
-        self.classifier = nn.Linear(backbone.feature_dim, NUM_CLASSES)
+        self.classifier = nn.Linear(backbone.feature_dim, len(class_names))
 
     def forward(self, views, labels):
-        logits = self.classifier(self.backbone(views[0]))  # (N, 10)
+        logits = self.classifier(self.backbone(views[0]))  # (N, classes)
         loss = F.cross_entropy(at_least_float32(logits), labels, label_smoothing=self.label_smoothing)
         return loss, {"train_acc": (logits.detach().argmax(1) == labels).float().mean()}
