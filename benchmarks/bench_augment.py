@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # benchmark this checkout
 
-from fashionssl.augment import PRESETS, views  # noqa: E402
+from fashionssl.augment import PRESETS, make_config, views  # noqa: E402
 from fashionssl.data import load_dataset  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def time_views(images: torch.Tensor, preset: str, repeats: int) -> float:
     seconds = []
     for i in range(repeats + 5):
         start = time.perf_counter()
-        views(images, PRESETS[preset], generator)
+        views(images, make_config(preset), generator)
         if images.is_cuda:
             torch.cuda.synchronize()
         if i >= 5:

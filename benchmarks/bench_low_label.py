@@ -15,14 +15,11 @@ import copy
 import dataclasses
 import time
 
-from fashionssl.augment import make_config
-from fashionssl.data import load_dataset
 from fashionssl.device import autocast_dtype, resolve_device
-from fashionssl.evaluate import load_trained
-from fashionssl.probe import (accuracy, extract_features, fit_linear_classifier, knn_predict,
-                                 standardize)
+from fashionssl.evaluate import load_data_for, load_trained
 from fashionssl.label_efficiency import (FINETUNE_AUGMENT, LabelFractions, classifier_accuracy, label_subsets,
                                          reinitialised, take, train_classifier)
+from fashionssl.probe import accuracy, extract_features, fit_linear_classifier, knn_predict, standardize
 
 WEIGHT_DECAYS = (10, 3, 1, 0.3, 0.1, 0.03, 0.01, 1e-3)
 KNN_K = (10, 20, 50)
@@ -32,13 +29,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--fraction", type=float, default=0.01)
-    p.add_argument("--data-dir")
+    p.add_argument("--data", "--data-dir", dest="data")
     a = p.parse_args()
-    cfg, model, epochs = load_trained(a.run_dir)
+    trained = load_trained(a.run_dir)
+    cfg, model, epochs = trained.config, trained.model, trained.epochs
     device = resolve_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
-    data = load_dataset(a.data_dir or cfg.data_dir, cfg.val_size)
-    aug = make_config(cfg.augment, **cfg.augment_options)
+    data = load_data_for(trained, a.data)
+    aug = trained.augmentation()
     backbone = model.backbone.to(device)
     train = take(data.train, label_subsets(data, a.fraction, seed=0)[0])
     val_y = data.val.labels.to(device)
@@ -50,7 +48,7 @@ def main() -> None:
     x, val_x = standardize(*features)
     y, previous = train.labels.to(device), None
     for wd in WEIGHT_DECAYS:  # strong to weak, each fit warm-started from the previous one
-        previous = fit_linear_classifier(x, y, wd, init=previous)
+        previous = fit_linear_classifier(x, y, wd, len(data.info.class_names), init=previous)
         print(f"| frozen probe, weight decay {wd:g} | {100 * accuracy(previous(val_x).argmax(1), val_y):.2f}% |")
     for k in KNN_K:  # cosine similarity of the raw features, as evaluation's kNN
         print(f"| kNN, k = {k} | {100 * accuracy(knn_predict(features[0], y, features[1], k=k), val_y):.2f}% |")
@@ -58,7 +56,7 @@ def main() -> None:
     settings = LabelFractions((a.fraction,), finetune=True)
     train_aug = dataclasses.replace(aug, **FINETUNE_AUGMENT)
     for name, start in (("fine-tuned", copy.deepcopy(backbone)), ("from scratch", reinitialised(backbone, settings.seed))):
-        classifier = train_classifier(start, train, train_aug, device, settings, amp, desc=name)
+        classifier = train_classifier(start, train, data.info.class_names, train_aug, device, settings, amp, desc=name)
         print(f"| {name} ({settings.steps} steps) | {100 * classifier_accuracy(classifier, data.val, aug, device, amp):.2f}% |")
 
 

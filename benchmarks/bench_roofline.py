@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_throughput import cpu_model, fashionssl_images_per_s
 from fashionssl import augment
 from fashionssl.config import make_config
+from fashionssl.data import FASHION_MNIST_INFO
 from fashionssl.device import autocast_dtype
 from fashionssl.methods import METHODS, build_model
 
@@ -89,7 +90,7 @@ def conv_gflops(c_in: int, c_out: int, side: int, batch: int, dtype: torch.dtype
 def step_flops_per_image(method: str, encoder: str, batch: int, device: torch.device) -> float:
     """Forward + backward FLOPs of one training step of `batch` random images, per image (fp32:
     the count does not depend on the precision)."""
-    model = build_model(make_config(method=method, encoder=encoder)).to(device).train()
+    model = build_model(make_config(method=method, encoder=encoder), FASHION_MNIST_INFO).to(device).train()
     images = torch.randint(0, 256, (batch, 28, 28), dtype=torch.uint8)
     views = augment.views(images, augment.make_config("default"), torch.Generator().manual_seed(0), model.view_spec)
     views = [v.to(device) for v in views]

@@ -3,6 +3,7 @@ the geometry of each op, and config validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -12,17 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fashionssl.augment import (
+    _LUMA,
+    _N_COLOUR_DRAWS,
     _N_DRAWS,
     PRESETS,
     AugmentConfig,
     _augment_with,
+    _hue_rotation,
     augment,
+    denormalize,
     make_config,
     normalize,
     to_float,
     ViewSpec,
     views,
 )
+from fashionssl.data import DataInfo
 from fashionssl.errors import UserError
 
 def only(**fields: object) -> AugmentConfig:
@@ -327,7 +333,11 @@ def test_make_config_unknown_key_lists_keys() -> None:
         ("blur_kernel", 3.0),
         ("blur_kernel", 61),
         ("std", 0.0),
+        ("std", [0.2, 0.3]),
         ("mean", float("nan")),
+        ("saturation", 1.5),
+        ("hue", 0.6),
+        ("grayscale_p", 2.0),
         ("size", 0),
         ("size", 28.0),
     ],
@@ -335,3 +345,103 @@ def test_make_config_unknown_key_lists_keys() -> None:
 def test_bad_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(UserError, match=f"augment option {field}:"):
         make_config(**{field: value})
+
+
+# ---------------------------------------------------------------- colour images
+
+
+def colour_images(batch: int = 8, seed: int = 0, size: int = 32) -> torch.Tensor:
+    """Random uint8 (B,3,size,size) images."""
+    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen(seed))
+
+
+def test_colour_views_keep_channels_and_range_for_every_preset() -> None:
+    info = DataInfo(3, 32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), ("a", "b"))
+    for preset in PRESETS:
+        cfg = make_config(preset, info)
+        out = augment(colour_images(), cfg, gen())
+        assert out.shape == (8, 3, 32, 32) and out.dtype == torch.float32
+        pixels = denormalize(out, cfg)
+        assert pixels.min() >= 0 and pixels.max() <= 1
+
+
+def test_make_config_takes_normalisation_and_size_from_the_data_unless_given() -> None:
+    info = DataInfo(3, 40, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), None)
+    cfg = make_config("default", info)
+    assert (cfg.mean, cfg.std, cfg.size) == (info.mean, info.std, 40)
+    assert make_config("seed", info).mean == 0.1307  # the blog's constants are part of its recipe
+    assert make_config("default", info, mean=[0.5, 0.5, 0.5]).mean == (0.5, 0.5, 0.5)
+    with pytest.raises(UserError, match=r"augment option mean: needs one value or 1 \(one per channel of the data\)"):
+        make_config("default", DataInfo(1, 28, (0.3,), (0.3,), None), mean=[0.5, 0.5, 0.5])
+    x = colour_images(2, size=40)
+    expected = (x.float() / 255 - torch.tensor(info.mean).view(1, 3, 1, 1)) / torch.tensor(info.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalize(x, cfg), expected)
+
+
+def test_hue_rotation_turns_the_colour_wheel_and_keeps_grey() -> None:
+    third = _hue_rotation(torch.tensor([1 / 3, -1 / 3, 0.0]))
+    red, green, blue = torch.eye(3)
+    torch.testing.assert_close(third[0] @ red, green, atol=1e-6, rtol=0)  # red -> green -> blue
+    torch.testing.assert_close(third[0] @ green, blue, atol=1e-6, rtol=0)
+    torch.testing.assert_close(third[1] @ red, blue, atol=1e-6, rtol=0)
+    torch.testing.assert_close(third[2], torch.eye(3))
+    any_turn = _hue_rotation(torch.rand(16, generator=gen()))
+    torch.testing.assert_close(any_turn @ torch.ones(3), torch.ones(16, 3))  # grey stays grey
+    torch.testing.assert_close(any_turn @ any_turn.transpose(1, 2), torch.eye(3).expand(16, 3, 3), atol=1e-6, rtol=0)
+
+
+def test_grayscale_gives_the_luma_image_in_every_channel() -> None:
+    x, cfg = colour_images(4), only(grayscale_p=1.0, size=32)
+    luma = (to_float(x) * torch.tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+    torch.testing.assert_close(denormalize(augment(x, cfg, gen()), cfg), luma, atol=1e-6, rtol=0)
+
+
+def test_saturation_blends_each_view_with_its_luma_image() -> None:
+    """With brightness, contrast and hue off, a view is luma + s * (x - luma) with s in [0.6, 1.4]."""
+    x, cfg = colour_images(16) // 2 + 64, only(jitter_p=1.0, brightness=0.0, contrast=0.0, hue=0.0, size=32)
+    pixels = to_float(x)
+    luma = (pixels * torch.tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    chroma, out = (pixels - luma).flatten(1), (denormalize(augment(x, cfg, gen()), cfg) - luma).flatten(1)
+    s = (out * chroma).sum(1) / chroma.pow(2).sum(1)  # least-squares factor per view
+    torch.testing.assert_close(out, s[:, None] * chroma, atol=1e-5, rtol=0)
+    assert ((s > 0.6 - 1e-4) & (s < 1.4 + 1e-4)).all() and len(torch.unique(s)) == 16
+
+
+def test_colour_ops_leave_grey_colour_images_grey() -> None:
+    grey = images(8).unsqueeze(1).expand(8, 3, 28, 28).contiguous()
+    cfg = make_config("seed")
+    out = denormalize(augment(grey, cfg, gen()), cfg)
+    torch.testing.assert_close(out[:, 0], out[:, 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, 1], out[:, 2], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cfg", [only(jitter_p=1.0, brightness=0.0, contrast=0.0, hue=0.0),
+                                 only(jitter_p=1.0, brightness=0.0, contrast=0.0, saturation=0.0),
+                                 only(grayscale_p=0.5)], ids=["saturation", "hue", "grayscale"])
+def test_colour_ops_draw_per_sample(cfg: AugmentConfig) -> None:
+    x = colour_images(1).expand(64, 3, 32, 32).contiguous()
+    cfg = dataclasses.replace(cfg, size=32)
+    out = augment(x, cfg, gen())
+    assert n_distinct(out) == (2 if cfg.grayscale_p else 64)
+    if cfg.grayscale_p:  # about half of the views turned grey
+        turned = (out[:, 0] == out[:, 1]).flatten(1).all(1)
+        assert 0.3 < turned.float().mean() < 0.7
+
+
+def test_each_colour_view_depends_only_on_its_image_and_draws() -> None:
+    x = to_float(colour_images(16))
+    cfg = make_config(jitter_p=1.0, blur_p=1.0, grayscale_p=0.5)
+    u = torch.rand((16, _N_DRAWS + _N_COLOUR_DRAWS), generator=gen(1))
+    batch = _augment_with(x.clone(), cfg, u)
+    for i in (0, 7, 15):
+        alone = _augment_with(x[i : i + 1].clone(), cfg, u[i : i + 1])
+        torch.testing.assert_close(alone, batch[i : i + 1], atol=1e-5, rtol=0)
+
+
+def test_grey_images_draw_no_colour_numbers() -> None:
+    """Grey runs replay the random streams they drew before colour existed."""
+    x, cfg = images(8), make_config("default")
+    generator = gen(3)
+    out = augment(x, cfg, generator)
+    expected = _augment_with(to_float(x), cfg, torch.rand((8, _N_DRAWS), generator=gen(3)))
+    torch.testing.assert_close(out, expected)

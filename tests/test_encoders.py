@@ -151,3 +151,25 @@ def test_cnn_bn_parameter_count():
     model = build_encoder("cnn-bn")
     assert count(model) == convs + bns == 92_896
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 3
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+@pytest.mark.parametrize(("channels", "size"), [(3, 32), (1, 64), (3, 40)])
+def test_encoders_take_channels_and_size_from_the_data(name, channels, size):
+    """Colour and larger images give features of the encoder's usual size; cnn and cnn-bn keep
+    their architecture but for the first convolution's input channels."""
+    net = build_encoder(name, channels, size).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, channels, size, size))
+    assert out.shape == (2, net.feature_dim) and torch.isfinite(out).all()
+    grey = build_encoder(name).state_dict()
+    changed = {k for k, v in net.state_dict().items() if v.shape != grey[k].shape}
+    first_layer = {"cnn": "features.0.weight", "cnn-bn": "features.0.weight", "resnet18": "stem.0.weight",
+                   "vit-tiny": "patch_embed.weight"}[name]
+    expected = ({first_layer} if channels != 1 else set()) | ({"pos_embed"} if name == "vit-tiny" else set())
+    assert net.state_dict().keys() == grey.keys() and changed == expected
+
+
+def test_vit_refuses_images_its_patches_do_not_tile():
+    with pytest.raises(UserError, match="encoder vit-tiny cuts images into 4x4 patches, which do not tile 30x30"):
+        build_encoder("vit-tiny", 1, 30)

@@ -38,7 +38,7 @@ class Method(nn.Module):
         self.backbone = backbone
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Views (each (B, 1, H, W), in view_spec's order: global views, then local ones) and the
+        """Views (each (B, C, H, W), in view_spec's order: global views, then local ones) and the
         batch's labels (ignored by self-supervised methods) -> (scalar loss, extra detached scalars to log)."""
         raise NotImplementedError
 

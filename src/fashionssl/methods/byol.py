@@ -34,7 +34,7 @@ class BYOL(Method):
 
     def forward(self, views, labels):
         n = views[0].shape[0]
-        x = torch.cat(views)  # (2N, 1, 28, 28): one pass, so BatchNorm sees both views together
+        x = torch.cat(views)  # (2N, C, H, W): one pass, so BatchNorm sees both views together
         z = self.projector(self.backbone(x))  # (2N, out_dim) online projections
         p = self.predictor(z)  # (2N, out_dim) online predictions
         with torch.no_grad():

@@ -49,7 +49,7 @@ class MoCo(Method):
 
     def forward(self, views, labels):
         n = views[0].shape[0]
-        x = torch.cat(views)  # (2N, 1, 28, 28): one pass, so BatchNorm sees both views together
+        x = torch.cat(views)  # (2N, C, H, W): one pass, so BatchNorm sees both views together
         q = self.projector(self.backbone(x))  # (2N, out_dim) queries
         with torch.no_grad():
             k = at_least_float32(self.key_projector(self.key_backbone(x)))  # (2N, out_dim) keys, no gradient

@@ -45,7 +45,7 @@ class Rotation(Method):
         self.classifier = mlp_head(dim, hidden_dim, NUM_ROTATIONS) if hidden_dim else nn.Linear(dim, NUM_ROTATIONS)
 
     def forward(self, views, labels):
-        x, rotation = rotate_all(views[0])  # (4N, 1, 28, 28), (4N,): labels of the task, not the data
+        x, rotation = rotate_all(views[0])  # (4N, C, H, W), (4N,): labels of the task, not the data
         logits = self.classifier(self.backbone(x))  # (4N, 4)
         loss = F.cross_entropy(at_least_float32(logits), rotation)
         return loss, {"rotation_acc": (logits.detach().argmax(1) == rotation).float().mean()}
