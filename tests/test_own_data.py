@@ -21,7 +21,9 @@ from PIL import Image
 
 from fashionssl import data, report
 from fashionssl.cli import main
-from fashionssl.data import FILES, load_dataset
+from fashionssl.checkpoint import load_checkpoint, save_checkpoint
+from fashionssl.data import FASHION_MNIST_CLASSES, FASHION_MNIST_INFO, FILES, load_dataset
+from fashionssl.evaluate import load_trained
 from fashionssl.errors import UserError
 
 from conftest import write_idx
@@ -285,6 +287,9 @@ BAD = [
     case("npz-float-images", lambda t: npz_with(t / "d", x_train=X.astype(np.float32), y_train=Y),
          "{t}/d/d.npz: x_train holds 10x28x28 float32, expected uint8 images (N, H, W) or (N, H, W, C); scale them "
          "to 0..255 and save them as uint8"),
+    case("not-an-npz-file", lambda t: corrupt(t / "d.csv", b"1,2,3"),
+         "--data {t}/d.csv: not an .npz file; pass --data with a folder of IDX files, an .npz file, a folder "
+         "root/train/<class>/*.png or a folder of unlabelled images"),
     case("npz-damaged", lambda t: corrupt(t / "d.npz", b"PK\x03\x04 damaged"),
          "{t}/d.npz: not a readable .npz file (BadZipFile: File is not a zip file); save it with numpy.savez"),
     case("class-without-training-images", lambda t: npz_with(t / "d", "a\nb\nc\n", x_train=X, y_train=Y * 2),
@@ -322,21 +327,43 @@ def test_bad_input_is_one_exact_line_and_exit_2(setup, message, command, tmp_pat
     assert err == f"fashionssl: error: {message.format(t=tmp_path)}\n"
 
 
-def test_embed_refuses_images_unlike_the_training_ones(sources, tmp_path, capsys):
+def test_a_run_refuses_data_unlike_what_it_was_trained_on(sources, tmp_path, capsys):
+    """embed, evaluate and --resume check the images (and, resuming, the data itself) against the run's."""
     run = tmp_path / "run"
-    assert main(["pretrain", *QUICK, "--encoder", "cnn", "--data", str(sources["unlabelled"]), "--out", str(run)]) == 0
+    assert main(["pretrain", *QUICK, "--encoder", "cnn", "--epochs", "2", "--data", str(sources["unlabelled"]),
+                 "--out", str(run)]) == 0
     capsys.readouterr()
     colour = folder_with(tmp_path / "c", {"a.png": png_bytes(RGB)})
     empty = tmp_path / "empty"
     empty.mkdir()
-    for images, message in [
-        (colour, f"{colour}: 3-channel 28x28 images, but {run} takes 1-channel 28x28 ones; convert or resize them "
-                 "first"),
-        (empty, f"{empty}: holds no image files (.png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp); pass a folder of "
-                "images, an .npz or an IDX file"),
+    for argv, message in [
+        (["embed", str(run), str(colour), "-o", str(tmp_path / "e.npy")],
+         f"{colour}: 3-channel 28x28 images, but {run} takes 1-channel 28x28 ones; convert or resize them first"),
+        (["embed", str(run), str(empty), "-o", str(tmp_path / "e.npy")],
+         f"{empty}: holds no image files (.png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp); pass a folder of "
+         "images, an .npz or an IDX file"),
+        (["evaluate", str(run), "--data", str(sources["rgb-folder"])],
+         f"{sources['rgb-folder']} holds 3-channel 32x32 images but {run}/checkpoint.pt was trained on 1-channel "
+         "28x28 ones; pass --data with images like those it was trained on"),
     ]:
-        assert main(["embed", str(run), str(images), "-o", str(tmp_path / "e.npy")]) == 2
+        assert main(argv) == 2
         assert capsys.readouterr().err == f"fashionssl: error: {message}\n"
+    state = load_checkpoint(run)
+    state.pop("format")
+    save_checkpoint(run / "checkpoint.pt", {**state, "epoch": 1, "data": {**state["data"], "mean": [0.5]}})
+    assert main(["pretrain", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err == (
+        f"fashionssl: error: {sources['unlabelled']} is not the data {run}/checkpoint.pt was trained on (its images, "
+        "their statistics or its classes changed); resume with the same data, or start a new run\n")
+
+
+def test_checkpoints_from_before_datasets_are_fashion_mnist_runs(trained_run, tmp_path):
+    _, run_dir = trained_run
+    state = load_checkpoint(run_dir)
+    state.pop("format")
+    del state["data"]  # as every checkpoint written before DataInfo existed
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    assert load_trained(tmp_path).info == FASHION_MNIST_INFO
 
 
 # ---------------------------------------------------------------------------------------------

@@ -227,7 +227,7 @@ class _Source:
     train: Split
     test: Split | None
     class_names: tuple[str, ...] | None  # from the data itself, or None: labels are their own names
-    where: dict[str, Path]  # what to name in messages: train_images, train_labels, test_images, test_labels
+    where: dict[str, Path | str]  # what to name in messages: train_images, train_labels, test_images, test_labels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,8 +249,8 @@ def _read_class_names(path: Path) -> tuple[str, ...] | None:
 
 
 def _idx_source(directory: Path, fashion_mnist: bool) -> _Source:
-    """The four IDX files of `directory`; Fashion-MNIST's class names where it is looked for by
-    default, else those of a classes.txt beside the files."""
+    """The four IDX files of `directory`; class names from a classes.txt beside them, else
+    Fashion-MNIST's if `fashion_mnist` (the folder was found where Fashion-MNIST is looked for)."""
     where = {key: _data_file(directory, name) for key, name in FILES.items()}
     arrays = {key: read_idx(path) for key, path in where.items()}
     for key in ("train_images", "test_images"):
@@ -446,7 +446,7 @@ def _check_images(images: torch.Tensor, where: object, reference: torch.Tensor |
         raise UserError(f"{where}: holds no images")
 
 
-def _check_labels(split: Split, num_classes: int, where: dict[str, object], prefix: str) -> None:
+def _check_labels(split: Split, num_classes: int, where: dict[str, Path | str], prefix: str) -> None:
     """As many labels as images, each in 0..num_classes-1."""
     images_at, labels_at = where[f"{prefix}_images"], where[f"{prefix}_labels"]
     if len(split.labels) != len(split.images):

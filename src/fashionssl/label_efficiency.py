@@ -121,9 +121,9 @@ def subset_size(n: int, fraction: float, minimum: int) -> int:
 
 def stratified_subset(labels: torch.Tensor, fraction: float, seed: int, minimum: int | None = None) -> torch.Tensor:
     """Sorted indices of a stratified `fraction` of `labels` (at least `minimum` of them, by default
-    one per class): a prefix of a
-    seeded stratified order, so for one seed a smaller fraction's subset lies inside a larger one's,
-    and fraction 1 gives every index in order (the full-label data, exactly)."""
+    one per class): a prefix of a seeded stratified order, so for one seed a smaller fraction's
+    subset lies inside a larger one's, and fraction 1 gives every index in order (the full-label
+    data, exactly)."""
     order = stratified_order(labels, torch.Generator().manual_seed(seed))
     minimum = count_classes(labels) if minimum is None else minimum
     return order[:subset_size(len(labels), fraction, minimum)].sort().values
@@ -172,7 +172,8 @@ def train_classifier(backbone: nn.Module, train: Split, class_names: tuple[str, 
     """Train `backbone` (modified in place) and a new linear head over `class_names` together on
     `train`: the `supervised` method, stepped by the training loop's own `train_step`; returns the
     classifier (backbone, head) in eval mode, mapping images to logits."""
-    model = seeded(settings.seed, lambda: Supervised(backbone, class_names)).to(device).to(memory_format=torch.channels_last)
+    model = seeded(settings.seed, lambda: Supervised(backbone, class_names))
+    model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("adamw", model, settings.lr, settings.weight_decay)
     lrs = warmup_cosine(settings.lr, settings.steps, settings.steps // 20).tolist()
     batch = min(settings.batch_size, len(train))
@@ -226,8 +227,8 @@ def label_fraction_results(settings: LabelFractions, backbone: nn.Module, data: 
         if settings.finetune:
             runs = {"finetune": copy.deepcopy(backbone), **runs}
         for name, start_from in runs.items():
-            model = train_classifier(start_from, train, data.info.class_names, train_aug, device, settings, autocast_dtype,
-                                     desc=f"{name} {fraction:g}")
+            model = train_classifier(start_from, train, data.info.class_names, train_aug, device, settings,
+                                     autocast_dtype, desc=f"{name} {fraction:g}")
             row[f"{name}_val_acc"] = classifier_accuracy(model, val, aug, device, autocast_dtype)
             row[f"{name}_test_acc"] = classifier_accuracy(model, data.test, aug, device, autocast_dtype)
         row["seconds"] = round(time.perf_counter() - start, 2)

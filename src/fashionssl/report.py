@@ -234,17 +234,13 @@ def retrieval_figure(queries: torch.Tensor, query_labels: torch.Tensor | None, n
     fig = Figure(figsize=(1.1 * (k + 1), 1.25 * rows), layout="constrained")
     axes = fig.subplots(rows, k + 1, squeeze=False)
     for r in range(rows):
-        if query_labels is None:
-            _show(axes[r, 0], queries[r], "query")
-            for c in range(k):
-                _show(axes[r, c + 1], neighbours[r, c], f"{similarity[r, c]:.2f}")
-            continue
-        true = int(query_labels[r])
-        _show(axes[r, 0], queries[r], f"query: {class_names[true]}")
+        true = None if query_labels is None else int(query_labels[r])
+        _show(axes[r, 0], queries[r], "query" if true is None else f"query: {class_names[true]}")
         for c in range(k):
-            label = int(neighbour_labels[r, c])
-            _show(axes[r, c + 1], neighbours[r, c], f"{class_names[label]} {similarity[r, c]:.2f}",
-                  "green" if label == true else "red")
+            label = None if true is None else int(neighbour_labels[r, c])
+            name = "" if label is None else f"{class_names[label]} "
+            colour = "black" if label is None else "green" if label == true else "red"
+            _show(axes[r, c + 1], neighbours[r, c], f"{name}{similarity[r, c]:.2f}", colour)
     return fig
 
 
@@ -252,8 +248,8 @@ def augmentation_figure(images: torch.Tensor, aug: augment.AugmentConfig, views:
     """Rows: an original image, then `views` random views of it under `aug`, as training draws them
     (un-normalised back to [0, 1] for display)."""
     generator = torch.Generator().manual_seed(seed)
-    drawn = [augment.denormalize(v, aug) for v in augment.views(images, aug, generator, augment.ViewSpec(global_views=views))]
-    drawn = torch.stack(drawn, dim=1)  # (N, views, C, size, size)
+    drawn = augment.views(images, aug, generator, augment.ViewSpec(global_views=views))
+    drawn = torch.stack([augment.denormalize(v, aug) for v in drawn], dim=1)  # (N, views, C, size, size)
     fig = Figure(figsize=(1.1 * (views + 1), 1.2 * len(images)), layout="constrained")
     axes = fig.subplots(len(images), views + 1, squeeze=False)
     for r in range(len(images)):

@@ -203,7 +203,7 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
                dynamic_ncols=True, mininterval=1.0, disable=None if main else True)
     saved_epoch = start_epoch
     if main and not data.labelled:
-        bar.write(f"{data.source} has no labels: no kNN monitor, and no evaluation after pretraining")
+        bar.write(f"{data.source} has no labels: no kNN monitor, and no linear probe or kNN to evaluate with")
     # Tiny gradients turn into denormal floats, which x86 CPUs process up to 7x slower (measured:
     # fp32 steps swung between 180 and 1,300 images/s); flushing them to zero costs no accuracy.
     # Process-wide, so it is switched off again when training ends; so is the host memory policy.

@@ -37,9 +37,10 @@ class Method(nn.Module):
         super().__init__()
         self.backbone = backbone
 
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Views (each (B, C, H, W), in view_spec's order: global views, then local ones) and the
-        batch's labels (ignored by self-supervised methods) -> (scalar loss, extra detached scalars to log)."""
+        batch's labels (None for unlabelled data; ignored by self-supervised methods) -> (scalar loss,
+        extra detached scalars to log)."""
         raise NotImplementedError
 
     def epoch_warnings(self, summary: dict[str, float]) -> list[str]:
