@@ -22,7 +22,7 @@ from PIL import Image
 from fashionssl import data, report
 from fashionssl.cli import main
 from fashionssl.checkpoint import load_checkpoint, save_checkpoint
-from fashionssl.data import FASHION_MNIST_CLASSES, FASHION_MNIST_INFO, FILES, load_dataset
+from fashionssl.data import FASHION_MNIST_INFO, FILES, load_dataset
 from fashionssl.evaluate import load_trained
 from fashionssl.errors import UserError
 
@@ -93,11 +93,11 @@ def unlabelled_folder(root: Path) -> Path:
     return root
 
 
-DATASETS = {  # name: (maker, class names or None)
-    "rgb-folder": (image_folder, SHAPES),
-    "npz-colour": (npz_file, ("red", "green", "blue", "yellow")),
-    "idx-26-classes": (idx_folder, LETTERS),
-    "unlabelled": (unlabelled_folder, None),
+DATASETS = {  # name: (maker, class names or None, the new images `embed` reads, given the source)
+    "rgb-folder": (image_folder, SHAPES, lambda source: source / "test" / SHAPES[0]),
+    "npz-colour": (npz_file, ("red", "green", "blue", "yellow"), lambda source: source),
+    "idx-26-classes": (idx_folder, LETTERS, lambda source: source / FILES["test_images"]),
+    "unlabelled": (unlabelled_folder, None, lambda source: source),
 }
 QUICK = ["--encoder", "cnn-bn", "--epochs", "1", "--batch-size", "32", "--knn-every", "1"]
 
@@ -105,7 +105,7 @@ QUICK = ["--encoder", "cnn-bn", "--epochs", "1", "--batch-size", "32", "--knn-ev
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("own-data")
-    return {name: maker(root / name) for name, (maker, _) in DATASETS.items()}
+    return {name: maker(root / name) for name, (maker, _, _) in DATASETS.items()}
 
 
 def figure_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -123,10 +123,9 @@ def figure_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.mark.parametrize("name", DATASETS)
 def test_pretrain_evaluate_report_embed_end_to_end(name, sources, tmp_path, capsys, monkeypatch):
-    source, names = sources[name], DATASETS[name][1]
+    source, (_, names, new_images) = sources[name], DATASETS[name]
     run = tmp_path / "run"
     assert main(["pretrain", *QUICK, "--data", str(source), "--out", str(run)]) == 0
-    dataset = load_dataset(source)
 
     assert main(["evaluate", str(run)]) == 0
     out = capsys.readouterr().out
@@ -146,17 +145,11 @@ def test_pretrain_evaluate_report_embed_end_to_end(name, sources, tmp_path, caps
     if names is not None:
         assert set(names) <= set(texts)  # legend, confusion-matrix ticks, retrieval titles
 
-    embeddings = tmp_path / "emb.npy"
-    images = source.parent / "colours.npz" if name == "npz-colour" else source
-    if name == "rgb-folder":
-        images = source / "test" / SHAPES[0]
-    if name == "idx-26-classes":
-        images = source / FILES["test_images"]
+    embeddings, images = tmp_path / "emb.npy", new_images(source)
     assert main(["embed", str(run), str(images), "-o", str(embeddings)]) == 0
     features = np.load(embeddings)
     assert features.dtype == np.float32 and features.shape[1] == 1152 and np.isfinite(features).all()
     assert len(features) == len(data.read_images(images))
-    assert dataset.info.channels == (3 if name in ("rgb-folder", "npz-colour") else 1)
 
 
 def test_embed_with_an_export_equals_embed_with_the_run(sources, tmp_path):
@@ -179,8 +172,11 @@ def test_loaded_datasets_take_names_channels_sizes_and_statistics_from_the_data(
     pixels = torch.cat([folder.train.images, folder.val.images]).double() / 255
     np.testing.assert_allclose(folder.info.mean, pixels.mean(dim=(0, 2, 3)).numpy(), rtol=1e-9)
     np.testing.assert_allclose(folder.info.std, pixels.std(dim=(0, 2, 3), correction=0).numpy(), rtol=1e-6)
+    colours = load_dataset(sources["npz-colour"])
+    assert colours.info.class_names == ("red", "green", "blue", "yellow") and colours.info.channels == 3
     letters = load_dataset(sources["idx-26-classes"], val_size=26)
-    assert letters.info.class_names == LETTERS and letters.val.labels.bincount().tolist() == [1] * 26
+    assert letters.info.class_names == LETTERS and letters.info.channels == 1
+    assert letters.val.labels.bincount().tolist() == [1] * 26
     unlabelled = load_dataset(sources["unlabelled"])
     assert unlabelled.info.class_names is None and len(unlabelled.train) == 80
     assert len(unlabelled.val) == len(unlabelled.test) == 0 and unlabelled.train.labels is None

@@ -170,7 +170,8 @@ def make_config(preset: str = "default", data: DataInfo | None = None, **overrid
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B,H,W), (B,1,H,W) or (B,3,H,W) -> float32 (B,C,H,W) in [0,1]."""
-    if images.dtype != torch.uint8 or images.dim() not in (3, 4) or (images.dim() == 4 and images.shape[1] not in (1, 3)):
+    channels = images.shape[1] if images.dim() == 4 else 1
+    if images.dtype != torch.uint8 or images.dim() not in (3, 4) or channels not in (1, 3):
         raise ValueError(f"expected uint8 images (B,H,W) or (B,C,H,W) with C = 1 or 3, got {images.dtype} "
                          f"{tuple(images.shape)}")
     if images.dim() == 3:
@@ -237,8 +238,9 @@ def _augment_with(x: torch.Tensor, cfg: AugmentConfig, draws: torch.Tensor) -> t
         x = _crop_flip(x, cfg, area, log_ratio, pos_x, pos_y, flip < cfg.flip_p)
     colour = x.shape[1] == 3
     if cfg.jitter_p > 0:
-        matrix = _colour_matrix(cfg, jitter < cfg.jitter_p, draws[:, _N_DRAWS], draws[:, _N_DRAWS + 1]) if colour else None
-        x = _jitter(x, cfg, jitter < cfg.jitter_p, bright, contrast, matrix)
+        apply = jitter < cfg.jitter_p
+        matrix = _colour_matrix(cfg, apply, draws[:, _N_DRAWS], draws[:, _N_DRAWS + 1]) if colour else None
+        x = _jitter(x, cfg, apply, bright, contrast, matrix)
     if colour and cfg.grayscale_p > 0:
         x = torch.where((draws[:, -1] < cfg.grayscale_p).view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
     if cfg.blur_p > 0:
@@ -296,7 +298,8 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("c,bchw->bhw", torch.tensor(_LUMA, dtype=x.dtype, device=x.device), x).unsqueeze(1)
 
 
-def _colour_matrix(cfg: AugmentConfig, apply: torch.Tensor, saturation: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+def _colour_matrix(cfg: AugmentConfig, apply: torch.Tensor, saturation: torch.Tensor,
+                   hue: torch.Tensor) -> torch.Tensor:
     """(B, 3, 3) per-sample RGB maps: saturation, then hue; identity where `apply` is False."""
     s = torch.where(apply, _lerp(1 - cfg.saturation, 1 + cfg.saturation, saturation), 1.0)
     h = torch.where(apply, _lerp(-cfg.hue, cfg.hue, hue), 0.0)

@@ -177,7 +177,8 @@ def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | P
     table = comparison_table(rows)
     if label_fractions:
         table += f"\n\nLabel efficiency ({label_fractions.protocol()}):\n\n{label_efficiency_table(rows)}"
-    header = (f"{reference.data or reference.data_dir or 'Fashion-MNIST'} test accuracy, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
+    data_name = reference.data or reference.data_dir or "Fashion-MNIST"
+    header = (f"{data_name} test accuracy, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads; budget: {json.dumps(common)}"
               + (f"; per method: {json.dumps(per_method)}" if per_method else ""))
     (out / "comparison.md").write_text(f"{header}\n\n{table}\n")

@@ -149,7 +149,8 @@ def parser() -> argparse.ArgumentParser:
     emb.add_argument("model", metavar="RUN_DIR_OR_EXPORT", help="run directory, checkpoint file or export folder")
     emb.add_argument("images", metavar="IMAGES", help="a folder of images (read in name order), an .npz file "
                                                      "(its x or x_train array) or an IDX images file")
-    emb.add_argument("-o", "--out", required=True, metavar="FILE.npy", help="(N, feature_dim) float32, one row per image")
+    emb.add_argument("-o", "--out", required=True, metavar="FILE.npy",
+                     help="(N, feature_dim) float32, one row per image")
     prev.add_argument("--data", help=DATA_HELP)
     prev.add_argument("--data-dir")
     for p_ in (rep, exp):
@@ -162,8 +163,8 @@ def parser() -> argparse.ArgumentParser:
 def augment_preview(args: argparse.Namespace) -> str:
     from .report import preview_augmentations
 
-    cfg = make_config(args.config, augment=args.augment, augment_options=dict(parse_option(o) for o in args.aug) or None,
-                      data=args.data, data_dir=args.data_dir)
+    overrides = dict(parse_option(o) for o in args.aug) or None
+    cfg = make_config(args.config, augment=args.augment, augment_options=overrides, data=args.data, data_dir=args.data_dir)
     return str(preview_augmentations(cfg, args.out, args.images, args.views, args.seed))
 
 
@@ -176,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .bench import bench
 
-            flags = {k: getattr(args, k) for k in ("encoder", "epochs", "batch_size", "lr", "data", "data_dir", "device",
-                                                   "seed", "val_size", "train_subset")}
+            flags = {k: getattr(args, k) for k in ("encoder", "epochs", "batch_size", "lr", "data", "data_dir",
+                                                   "device", "seed", "val_size", "train_subset")}
             methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
             print(bench(args.out, methods, args.config, flags, args.report, label_fractions_from_args(args)))
             return 0

@@ -293,7 +293,8 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
     except Exception as e:  # noqa: BLE001  numpy raises many kinds on a damaged zip; all mean "not an npz"
-        raise UserError(f"{path}: not a readable .npz file ({type(e).__name__}: {e}); save it with numpy.savez") from None
+        raise UserError(f"{path}: not a readable .npz file ({type(e).__name__}: {e}); "
+                        "save it with numpy.savez") from None
 
 
 def _npz_source(path: Path) -> _Source:
@@ -455,8 +456,9 @@ def _check_labels(split: Split, num_classes: int, where: dict[str, Path | str], 
     bad = ((split.labels < 0) | (split.labels >= num_classes)).nonzero()
     if len(bad):
         index = int(bad[0])
-        raise UserError(f"{labels_at}: label {int(split.labels[index])} at index {index} is outside 0..{num_classes - 1}"
-                        f" (the data has {num_classes} classes); fix the labels or list every class in {CLASSES_FILE}")
+        raise UserError(f"{labels_at}: label {int(split.labels[index])} at index {index} is outside "
+                        f"0..{num_classes - 1} (the data has {num_classes} classes); fix the labels or list every "
+                        f"class in {CLASSES_FILE}")
 
 
 def _class_names(source: _Source) -> tuple[str, ...]:
@@ -588,7 +590,8 @@ def read_images(path: str | Path) -> torch.Tensor:
         arrays = _load_npz(path)
         key = next((k for k in ("x", "x_train") if k in arrays), None)
         if key is None:
-            raise UserError(f"{path}: lacks an x (or x_train) array of images (holds {', '.join(sorted(arrays)) or 'nothing'})")
+            held = ", ".join(sorted(arrays)) or "nothing"
+            raise UserError(f"{path}: lacks an x (or x_train) array of images (holds {held})")
         images = _npz_images(path, key, arrays[key])
     elif path.is_file():
         images = read_idx(path)
