@@ -164,6 +164,14 @@ def test_embed_with_an_export_equals_embed_with_the_run(sources, tmp_path):
     assert np.load(by_run).shape == (120, 256)
 
 
+def test_augment_preview_draws_colour_views_of_the_data(sources, tmp_path):
+    out = tmp_path / "preview.png"
+    assert main(["augment-preview", "--data", str(sources["rgb-folder"]), "--images", "3", "--views", "4",
+                 "--out", str(out)]) == 0
+    picture = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert (np.abs(picture[..., 0] - picture[..., 1]) > 40).any()  # drawn in colour
+
+
 def test_loaded_datasets_take_names_channels_sizes_and_statistics_from_the_data(sources):
     folder = load_dataset(sources["rgb-folder"])
     assert folder.info.class_names == SHAPES and folder.info.channels == 3 and folder.info.size == 32
