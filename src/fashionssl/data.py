@@ -398,11 +398,6 @@ def _image_folder_source(root: Path) -> _Source:
     return _Source(_labelled(per_class, list(range(len(classes)))), test, tuple(classes), where)
 
 
-def _unlabelled_source(root: Path) -> _Source:
-    files = _image_files(root)
-    return _Source(Split(_stack_images(files), None), None, None, {"train_images": root})
-
-
 def _read_source(source: str | Path | None, data_dir: str | Path | None) -> _Source:
     """Pick the reader for `source`; without one, the IDX folder `data_dir` (--data-dir), or else
     Fashion-MNIST where `find_data_dir` finds it."""
@@ -419,10 +414,11 @@ def _read_source(source: str | Path | None, data_dir: str | Path | None) -> _Sou
     if (path / "train").is_dir():
         return _image_folder_source(path)
     try:
-        if _image_files(path):
-            return _unlabelled_source(path)
+        files = _image_files(path)
     except OSError as e:
         raise UserError(f"--data {path}: cannot list the folder ({e.strerror or e}); check its permissions") from None
+    if files:  # unlabelled images
+        return _Source(Split(_stack_images(files), None), None, None, {"train_images": path})
     raise UserError(f"--data {path}: holds no images, no train/ folder and not the four IDX files "
                     f"({', '.join(FILES.values())}); {_LAYOUTS}")
 
@@ -431,7 +427,7 @@ def _read_source(source: str | Path | None, data_dir: str | Path | None) -> _Sou
 # Checks and statistics
 
 
-def _check_images(images: torch.Tensor, where: object, reference: torch.Tensor | None = None) -> None:
+def _check_images(images: torch.Tensor, where: Path | str, reference: torch.Tensor | None = None) -> None:
     """Square, MIN_SIZE..MAX_SIZE pixels, 1 or 3 channels, and the shape of `reference` if given."""
     n, channels, height, width = images.shape
     if reference is not None and images.shape[1:] != reference.shape[1:]:
@@ -568,7 +564,8 @@ def load_dataset(
         if not 1 <= train_subset <= len(train_idx):
             raise UserError(
                 f"--train-subset {train_subset} is out of range: pass 1 to {len(train_idx)} "
-                f"(the training images left after carving {val_size + test_size} for validation and testing)"
+                f"(the training images left after carving {val_size + test_size} for validation"
+                f"{' and testing' if test_size else ''})"
             )
         train_idx = train_idx[:train_subset]
     test = raw.test if raw.test is not None else _take(official, test_idx)
