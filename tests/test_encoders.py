@@ -13,7 +13,7 @@ from fashionssl.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-FEATURE_DIMS = {"cnn": 256, "cnn-bn": 1152, "resnet18": 512, "vit-tiny": 192}
+FEATURE_DIMS = {"cnn": 256, "cnn-bn": 1152, "cnn-bn-wide": 2304, "resnet18": 512, "vit-tiny": 192}
 
 
 @pytest.fixture(scope="module")
