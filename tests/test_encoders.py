@@ -13,7 +13,7 @@ from fashionssl.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-FEATURE_DIMS = {"cnn": 256, "cnn-bn": 1152, "resnet18": 512, "vit-tiny": 192}
+FEATURE_DIMS = {"cnn": 256, "cnn-bn": 1152, "cnn-bn-wide": 2304, "resnet18": 512, "vit-tiny": 192}
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,8 @@ def test_encoders_take_channels_and_size_from_the_data(name, channels, size):
     assert out.shape == (2, net.feature_dim) and torch.isfinite(out).all()
     grey = build_encoder(name).state_dict()
     changed = {k for k, v in net.state_dict().items() if v.shape != grey[k].shape}
-    first_layer = {"cnn": "features.0.weight", "cnn-bn": "features.0.weight", "resnet18": "stem.0.weight",
+    first_layer = {"cnn": "features.0.weight", "cnn-bn": "features.0.weight", "cnn-bn-wide": "features.0.weight",
+                   "resnet18": "stem.0.weight",
                    "vit-tiny": "patch_embed.weight"}[name]
     expected = ({first_layer} if channels != 1 else set()) | ({"pos_embed"} if name == "vit-tiny" else set())
     assert net.state_dict().keys() == grey.keys() and changed == expected

@@ -9,7 +9,8 @@ fast) and without the linear layer: its representation is the 128x3x3 = 1152-d c
 SimCLR takes the representation before any fully connected layer (a linear layer there is just the
 first layer of the projection head, which the loss makes invariant to what augmentation changed).
 Measured once on an earlier SimCLR checkpoint that still had the linear layer (docs/benchmarks.md): the linear probe scores 90.6% on the conv features and 89.1%
-on the 256-d linear layer's output. `resnet18` is the usual ResNet-18 with the CIFAR-style stem
+on the 256-d linear layer's output. `cnn-bn-wide` doubles every stage's channels (64-128-256, 2304-d
+features, 4x the multiply-adds): a new encoder for the recipe search, not a change of `cnn-bn`. `resnet18` is the usual ResNet-18 with the CIFAR-style stem
 (3x3 conv, stride 1, no max-pool) that small images need. `vit-tiny` is a small Vision Transformer
 (Dosovitskiy et al., 2021) whose representation is the CLS token, with `cls_attention` for pictures.
 
@@ -198,6 +199,7 @@ VIT_PATCH = 4  # vit-tiny's patch side: a 7x7 grid on 28x28 images, 8x8 on 32x32
 ENCODERS: dict[str, Callable[[int, int], nn.Module]] = {
     "cnn": lambda channels, size: ConvNet(batch_norm=False, in_channels=channels),
     "cnn-bn": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, in_channels=channels),
+    "cnn-bn-wide": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, width=64, in_channels=channels),
     "resnet18": lambda channels, size: ResNet18(in_channels=channels),
     "vit-tiny": lambda channels, size: VisionTransformer(VIT_PATCH, image_size=size, in_channels=channels),
 }

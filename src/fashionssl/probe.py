@@ -110,20 +110,37 @@ def standardize(fit: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     return [(t - mean) / std for t in (fit, *others)]
 
 
+def probe_on_validation(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                        num_classes: int, weight_decays: Sequence[float] = WEIGHT_DECAYS,
+                        ) -> tuple[dict[float, float], dict[float, nn.Linear]]:
+    """Fit the probe on `train` at each weight decay; its validation accuracy and the fit for each.
+
+    The grid is swept from strong to weak regularisation, each fit warm-started from the previous
+    solution: the same optima, found several times faster. The test split is not touched, so
+    sweeps (benchmarks/sweep.py) may compare and choose with these numbers.
+    """
+    x_train, x_val = standardize(train[0], val[0])
+    val_accuracy, solutions, previous = {}, {}, None
+    for wd in sorted(weight_decays, reverse=True):
+        previous = solutions[wd] = fit_linear_classifier(x_train, train[1], wd, num_classes, init=previous)
+        val_accuracy[wd] = accuracy(previous(x_val).argmax(1), val[1])
+    return val_accuracy, solutions
+
+
+def best_weight_decay(val_accuracy: dict[float, float]) -> float:
+    """The weight decay of the best validation accuracy; ties go to the stronger regulariser."""
+    return max(val_accuracy, key=lambda wd: (val_accuracy[wd], wd))
+
+
 def linear_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor], weight_decays: Sequence[float] = WEIGHT_DECAYS) -> dict:
     """Choose the weight decay on `val`, refit on train+val with it, report accuracy on `test` once.
 
-    The grid is swept from strong to weak regularisation, each fit warm-started from the previous
-    solution, and the refit starts from the chosen one: the same optima, found several times faster.
+    The refit starts from the chosen weight decay's solution on train alone (see probe_on_validation).
     """
     classes = count_classes(train[1], val[1], test[1])
-    x_train, x_val = standardize(train[0], val[0])
-    val_accuracy, solutions, previous = {}, {}, None
-    for wd in sorted(weight_decays, reverse=True):
-        previous = solutions[wd] = fit_linear_classifier(x_train, train[1], wd, classes, init=previous)
-        val_accuracy[wd] = accuracy(previous(x_val).argmax(1), val[1])
-    best = max(weight_decays, key=lambda wd: (val_accuracy[wd], wd))  # ties: the stronger regulariser
+    val_accuracy, solutions = probe_on_validation(train, val, classes, weight_decays)
+    best = best_weight_decay(val_accuracy)
     x_fit, x_test = standardize(torch.cat([train[0], val[0]]), test[0])
     classifier = fit_linear_classifier(x_fit, torch.cat([train[1], val[1]]), best, classes, init=solutions[best])
     predictions = classifier(x_test).argmax(1)

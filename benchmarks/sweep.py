@@ -1,0 +1,103 @@
+"""Choose a recipe on the validation split: pretrain one run per trial of a sweep file and score each
+on the 5,000 validation images only (the test split is never read), so that the trials may be
+compared and a default chosen without spending the test set.
+
+    .venv/bin/python benchmarks/sweep.py benchmarks/sweeps/redundancy.toml --out runs/sweep-redundancy
+
+A sweep file holds run config keys shared by every trial at the top level (the base, as in
+`--config`) and a `[trials]` table of named trials, each a table of config keys that override the base:
+
+    epochs = 5
+    [trials]
+    barlow = {method = "barlow"}
+    barlow-lambda-0.02 = {method = "barlow", method_options = {lambda_offdiag = 0.02}}
+
+Each trial trains into `OUT/<name>` and its scores go to `OUT/<name>/validation.json`: the linear
+probe fitted on the training split at every weight decay of the evaluation grid, scored on
+validation (the best is reported with its weight decay: the choice `fashionssl evaluate` would make),
+and kNN (k=200, bank = the training split). The sweep is resumable: scored trials are read back, an
+interrupted one continues from its last epoch. The Markdown table goes to stdout and `OUT/sweep.md`.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from fashionssl.bench import epoch_stats
+from fashionssl.config import load_toml, make_config
+from fashionssl.device import autocast_dtype, resolve_device
+from fashionssl.evaluate import load_data_for, load_trained
+from fashionssl.probe import accuracy, best_weight_decay, extract_features, knn_predict, probe_on_validation
+from fashionssl.runlog import write_json
+from fashionssl.train import pretrain
+
+
+def score_on_validation(run_dir: Path) -> dict:
+    """Validation-only linear probe and kNN of a trained run's backbone."""
+    trained = load_trained(run_dir)
+    cfg, backbone = trained.config, trained.model.backbone
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(cfg.precision, device)
+    data, aug = load_data_for(trained), trained.augmentation()
+    train, val = [(extract_features(backbone.to(device), s.images, aug, device, cfg.eval_batch_size, amp),
+                   s.labels.to(device)) for s in (data.train, data.val)]
+    by_weight_decay, _ = probe_on_validation(train, val, len(data.info.class_names))
+    best = best_weight_decay(by_weight_decay)
+    return {"val_probe_acc": by_weight_decay[best], "probe_weight_decay": best,
+            "val_probe_acc_by_weight_decay": {f"{wd:g}": acc for wd, acc in by_weight_decay.items()},
+            "val_knn_acc": accuracy(knn_predict(train[0], train[1], val[0], num_classes=len(data.info.class_names)),
+                                    val[1])}
+
+
+def run_trial(run_dir: Path, options: dict) -> dict:
+    """Pretrain (or continue) one trial and score it, reusing what an earlier sweep left in `run_dir`."""
+    scores_path = run_dir / "validation.json"
+    if not scores_path.exists():
+        if (run_dir / "config.json").exists():
+            pretrain(resume=run_dir)
+        else:
+            pretrain(make_config(None, **options, out=str(run_dir)))
+        write_json(scores_path, score_on_validation(run_dir))
+    return {**json.loads(scores_path.read_text()), **epoch_stats(run_dir)}
+
+
+def sweep_table(options: dict[str, dict], scores: dict[str, dict]) -> str:
+    """One Markdown row per trial: its overrides of the base, validation probe (weight decay), kNN, time."""
+    lines = ["| trial | overrides | val probe (wd) | val kNN | pretraining |", "|---|---|---:|---:|---:|"]
+    for name, trial in options.items():
+        s = scores[name]
+        lines.append(f"| {name} | {json.dumps(trial, sort_keys=True) if trial else '(base)'} | "
+                     f"{100 * s['val_probe_acc']:.2f}% ({s['probe_weight_decay']:g}) | {100 * s['val_knn_acc']:.2f}% | "
+                     f"{s['pretrain_seconds'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sweep_file")
+    p.add_argument("--out", required=True, help="sweep directory (one run directory per trial)")
+    p.add_argument("--only", help="comma-separated trial names to run (default: all)")
+    a = p.parse_args()
+    base = load_toml(a.sweep_file, extra_keys=("trials",))
+    trials = base.pop("trials")
+    names = a.only.split(",") if a.only else list(trials)
+    for name in names:  # every trial's config is checked before the first one trains
+        if not isinstance(trials.get(name), dict):
+            raise SystemExit(f"{a.sweep_file}: trial {name!r} is not a table of config keys (a dot in a bare "
+                             f"TOML key makes a nested table: quote such names)")
+        make_config(None, **base, **trials[name])
+    out, scores = Path(a.out), {}
+    for name in names:
+        start = time.perf_counter()
+        scores[name] = run_trial(out / name, {**base, **trials[name]})
+        print(f"{name}: validation probe {100 * scores[name]['val_probe_acc']:.2f}%, "
+              f"kNN {100 * scores[name]['val_knn_acc']:.2f}% ({time.perf_counter() - start:.0f} s)", flush=True)
+    table = (f"{time.strftime('%Y-%m-%d')}, `{a.sweep_file}`, base {json.dumps(base, sort_keys=True)}; "
+             f"validation split only\n\n" + sweep_table({n: trials[n] for n in names}, scores))
+    (out / "sweep.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
