@@ -32,7 +32,8 @@ class VICReg(Method):
     wider better; here 1024-1024 on the 1152-d `cnn-bn` features, as for Barlow Twins (see there for
     the cost). The weights stay at the paper's: each term is already normalised by the width (the
     mean over dimensions, the covariance sum divided by D), so they do not depend on it the way
-    Barlow Twins' lambda does. Values chosen on the validation split are left to a longer study.
+    Barlow Twins' lambda does. The validation split agrees (benchmarks/sweeps/redundancy.toml, 5 epochs):
+    the paper's weights 90.64% linear probe, sim_coeff = std_coeff = 10 90.40%, lr 1e-3 90.12%.
     """
 
     def __init__(self, backbone, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
