@@ -267,8 +267,8 @@ def test_forward_backward_through_build_model(name, log):
     with torch.no_grad():
         loss, logs = model(views, None)
         z = (model.projector if name == "barlow" else model.expander)(model.backbone(torch.cat(views)))
-        if name == "barlow":  # the paper's loss per dimension (out_dim 32)
-            expected = barlow_twins_loss(z[:12], z[12:]) / 32
+        if name == "barlow":  # the paper's loss per dimension (out_dim 32), at the method's lambda
+            expected = barlow_twins_loss(z[:12], z[12:], model.lambda_offdiag) / 32
         else:
             expected = vicreg_loss(z[:12], z[12:])
         torch.testing.assert_close(loss, expected)
