@@ -1,10 +1,12 @@
-"""Tests for CLIP: caption generation (determinism, variety, class content), the tokeniser, clip_loss
+"""Tests for CLIP: caption generation (determinism, variety, class content; Fashion-MNIST's captions
+pinned bit for bit, known answers for any other classes), the tokeniser, clip_loss
 (a hand-computed case, symmetry, the two-rank split), the zero-shot classifier on a toy embedding,
 caption replay from the step counter, and a short real run that beats the untrained encoder on kNN
 and classifies zero-shot far above chance."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -15,8 +17,8 @@ from torch import nn
 
 from fashionssl import captions, losses
 from fashionssl.data import FASHION_MNIST_CLASSES, FASHION_MNIST_INFO
-from fashionssl.captions import (CAPTION_TEMPLATES, CLASSES, PROMPT_TEMPLATES, UNK, VOCAB, WORD_IDS, CaptionSampler,
-                                 caption_texts, detokenize, prompts, tokenize)
+from fashionssl.captions import (FASHION_MNIST, GENERIC_PROMPTS, GENERIC_TEMPLATES, UNK, CaptionSampler,
+                                 caption_set)
 from fashionssl.checkpoint import load_checkpoint
 from fashionssl.config import Config
 from fashionssl.encoders import ConvNet, build_encoder
@@ -30,23 +32,102 @@ from fashionssl.methods.clip import MAX_LOGIT_SCALE
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def make(seed: int = 0, **options):
+FASHION = caption_set(FASHION_MNIST_CLASSES)
+SHAPES = ("circle", "Big  Square", "stripes")  # any other data's class names, one with two words
+
+
+def make(seed: int = 0, class_names=FASHION_MNIST_CLASSES, **options):
     torch.manual_seed(seed)
-    return build_method("clip", ConvNet(batch_norm=True, fc_dim=None), options, FASHION_MNIST_CLASSES)
+    return build_method("clip", ConvNet(batch_norm=True, fc_dim=None), options, class_names)
 
 
-def class_captions() -> list[set[str]]:
+def class_captions(captions=FASHION) -> list[set[str]]:
     """Every caption the generator can produce, per class."""
-    per_class = [set() for _ in CLASSES]
-    for (c, *_), text in caption_texts().items():
+    per_class = [set() for _ in captions.descriptions]
+    for (c, *_), text in captions.texts.items():
         per_class[c].add(text)
     return per_class
 
 
+def sha256(x) -> str:
+    return hashlib.sha256(x.numpy().tobytes() if isinstance(x, torch.Tensor) else "\n".join(x).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------- captions and tokeniser
 
+def test_fashion_mnist_captions_replay_bit_for_bit():
+    """Fashion-MNIST's vocabulary, caption table and draws are those of every run before captions
+    were generated for any class names (values captured from that code), so its runs replay."""
+    assert FASHION.descriptions == FASHION_MNIST and tuple(c.name for c in FASHION_MNIST) == FASHION_MNIST_CLASSES
+    assert len(FASHION.vocab) == 118 and FASHION.vocab[:6] == ("<pad>", "<unk>", "a", "a-line", "an", "and")
+    assert sha256(FASHION.vocab) == "083368a010e6fa8a627ea9a009cfb33748ea43d530ef835354e09cba7c3a179c"
+    assert FASHION.table.shape == (10, 10, 5, 10, 10, 9) and len(FASHION.texts) == 27620
+    assert sha256(FASHION.table) == "6bdce7d0d35445ce58895a593cd4da1a477f03631bf051418087b37b24f45c4d"
+    assert FASHION.prompts()[0] == ["a photo of a t-shirt", "an image of the t-shirt", "a grayscale photo of a t-shirt",
+                                    "a t-shirt", "this is a t-shirt"]
+    labels = torch.arange(10).repeat(30)
+    drawn = CaptionSampler(FASHION)(labels, torch.Generator().manual_seed(0))
+    assert sha256(drawn) == "81f8d9bea3e0c77fac4e6896a7ea6cae482ab88900c1c4da40e0a83fbee94e3c"
+    assert FASHION.detokenize(drawn[:10]) == [
+        "an image of a loose top", "a formal pair of slacks", "a round-neck sweatshirt on a dark background",
+        "product photo of a gown", "the belted coat", "a strap sandal that is buckled and summer",
+        "the button-down blouse", "an athletic sporty running shoe", "a shoulder buckled purse",
+        "an ankle boot that is high"]
+    model = make(seed=0)  # the seed drawn after the same initialisation, and the captions of two steps
+    assert model.caption_seed.item() == 751301630266813853 and model.text_encoder.embedding.num_embeddings == 118
+    assert sha256(model.sample_captions(labels)) == "105dbdabc67e1d19da745d334f186cf1d1dfc02d31e2229d82f43a228b84640f"
+    model.after_step(6, 10)
+    assert sha256(model.sample_captions(labels)) == "c23c572e11e0f6ba8a00969f1de5536cb8e5224db1869a70eebaaa2e3e2d42da"
+
+
+def test_other_classes_get_their_names_in_generic_templates():
+    shapes = caption_set(SHAPES)
+    assert [(c.name, c.nouns, c.attributes) for c in shapes.descriptions] == [
+        ("circle", ("circle",), ()), ("Big  Square", ("big square",), ()), ("stripes", ("stripes",), ())]
+    assert shapes.vocab == ("<pad>", "<unk>", "a", "an", "big", "circle", "example", "image", "is", "of", "one",
+                            "photo", "picture", "small", "square", "stripes", "the", "this")
+    assert [text for (c, *_), text in shapes.texts.items() if c == 1] == [
+        "the big square", "one big square", "a photo of the big square", "an image of a big square",
+        "a picture of a big square", "this is the big square", "an example of a big square",
+        "a small image of the big square"]
+    assert shapes.prompts()[1] == ["a photo of a big square", "an image of the big square",
+                                   "a picture of the big square", "a big square", "this is a big square"]
+    assert shapes.length == 7 and shapes.table.shape == (3, 8, 1, 1, 1, 7)
+    assert shapes.detokenize(shapes.table[1, :, 0, 0, 0]) == [text for (c, *_), text in shapes.texts.items() if c == 1]
+    assert caption_set(("0", "1")).prompts()[1][0] == "a photo of a 1"
+    assert caption_set(("apple", "pear")).texts[0, 4, 0, 0, 0] == "a picture of an apple"
+
+
+def test_the_vocabulary_follows_the_class_names():
+    letters = caption_set(tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    assert len(letters.vocab) == 14 + 25  # <pad>, <unk>, the templates' 12 words, and the letters but a
+    model = make(class_names=SHAPES, embed_dim=16)
+    assert model.text_encoder.embedding.num_embeddings == 18 and model.class_embeddings().shape == (3, 16)
+    assert make(class_names=FASHION_MNIST_CLASSES[:9]).caption_set.templates == GENERIC_TEMPLATES
+
+
+def test_other_classes_sampled_captions_are_their_own_and_use_every_template():
+    shapes, per_class = caption_set(SHAPES), class_captions(caption_set(SHAPES))
+    labels = torch.arange(3).repeat_interleave(200)
+    texts = shapes.detokenize(CaptionSampler(shapes)(labels, torch.Generator().manual_seed(0)))
+    for label, text in zip(labels.tolist(), texts):
+        assert text in per_class[label], (label, text)
+    assert all(set(texts[200 * c:200 * (c + 1)]) == per_class[c] for c in range(3))
+
+
+def test_other_classes_prompts_are_not_training_templates_and_need_no_unknown_token():
+    assert not set(GENERIC_PROMPTS) & set(GENERIC_TEMPLATES)
+    shapes = caption_set(SHAPES)
+    assert (shapes.tokenize([p for ps in shapes.prompts() for p in ps], shapes.length) != shapes.word_ids[UNK]).all()
+
+
+def test_class_names_that_read_alike_are_refused():
+    with pytest.raises(UserError, match="classes 'Cat' and 'cat ' both read 'cat'; rename one of them"):
+        caption_set(("Cat", "dog", "cat "))
+
+
 def test_captions_are_deterministic_for_a_seed_and_vary_across_seeds():
-    sampler = CaptionSampler()
+    sampler = CaptionSampler(FASHION)
     labels = torch.arange(10).repeat(20)
     first = sampler(labels, torch.Generator().manual_seed(3))
     assert torch.equal(first, sampler(labels, torch.Generator().manual_seed(3)))
@@ -54,12 +135,12 @@ def test_captions_are_deterministic_for_a_seed_and_vary_across_seeds():
 
 
 def test_sampled_captions_belong_to_their_class_and_vary():
-    sampler, per_class = CaptionSampler(), class_captions()
+    sampler, per_class = CaptionSampler(FASHION), class_captions()
     labels = torch.arange(10).repeat_interleave(300)
-    texts = detokenize(sampler(labels, torch.Generator().manual_seed(0)))
+    texts = FASHION.detokenize(sampler(labels, torch.Generator().manual_seed(0)))
     for label, text in zip(labels.tolist(), texts):
         assert text in per_class[label], (label, text)
-    for c, desc in enumerate(CLASSES):
+    for c, desc in enumerate(FASHION_MNIST):
         drawn = texts[300 * c:300 * (c + 1)]
         assert len(set(drawn)) > 150  # varied: hundreds of distinct captions per class
         words = " ".join(drawn).split()
@@ -68,24 +149,24 @@ def test_sampled_captions_belong_to_their_class_and_vary():
 
 
 def test_every_class_word_is_in_the_vocabulary_and_prompts_need_no_unknown_token():
-    assert VOCAB[:2] == ("<pad>", UNK) and len(set(VOCAB)) == len(VOCAB)
-    for desc in CLASSES:
-        assert all(w in WORD_IDS for text in desc.nouns + desc.attributes for w in text.split())
-    all_prompts = [p for ps in prompts() for p in ps]
-    assert len(all_prompts) == len(CLASSES) * len(PROMPT_TEMPLATES)
-    assert (tokenize(all_prompts, 9) != WORD_IDS[UNK]).all()
-    assert not set(PROMPT_TEMPLATES) & set(CAPTION_TEMPLATES)  # zero-shot prompts are not training templates
+    assert FASHION.vocab[:2] == ("<pad>", UNK) and len(set(FASHION.vocab)) == len(FASHION.vocab)
+    for desc in FASHION_MNIST:
+        assert all(w in FASHION.word_ids for text in desc.nouns + desc.attributes for w in text.split())
+    all_prompts = [p for ps in FASHION.prompts() for p in ps]
+    assert len(all_prompts) == len(FASHION_MNIST) * len(FASHION.prompt_templates)
+    assert (FASHION.tokenize(all_prompts, 9) != FASHION.word_ids[UNK]).all()
+    assert not set(FASHION.prompt_templates) & set(FASHION.templates)  # zero-shot prompts are not training templates
 
 
 def test_tokeniser_round_trip_padding_and_unknown_words():
     texts = ["a photo of an ankle boot", "the sneaker", "A Flowing DRESS"]
-    tokens = tokenize(texts, 7)
+    tokens = FASHION.tokenize(texts, 7)
     assert tokens.shape == (3, 7) and tokens.dtype == torch.long
     assert tokens[1, 2:].eq(0).all()  # right-padded with <pad> = 0
-    assert detokenize(tokens) == ["a photo of an ankle boot", "the sneaker", "a flowing dress"]
-    assert detokenize(tokenize(["a purple dress"], 4)) == ["a <unk> dress"]
+    assert FASHION.detokenize(tokens) == ["a photo of an ankle boot", "the sneaker", "a flowing dress"]
+    assert FASHION.detokenize(FASHION.tokenize(["a purple dress"], 4)) == ["a <unk> dress"]
     with pytest.raises(ValueError, match="more than 2"):
-        tokenize(["one two three"], 2)
+        FASHION.tokenize(["one two three"], 2)
 
 
 def test_articles_follow_the_next_word():
@@ -148,24 +229,24 @@ class ToyText(nn.Module):
 
     def __init__(self):
         super().__init__()
-        weights = 0.05 * torch.randn(len(VOCAB), len(CLASSES), generator=torch.Generator().manual_seed(0))
+        weights = 0.05 * torch.randn(len(FASHION.vocab), 10, generator=torch.Generator().manual_seed(0))
         weights[0] = 0  # padding
-        for c, desc in enumerate(CLASSES):
-            weights[WORD_IDS[desc.nouns[0].split()[-1]]] = F.one_hot(torch.tensor(c), len(CLASSES)).float()
+        for c, desc in enumerate(FASHION_MNIST):
+            weights[FASHION.word_ids[desc.nouns[0].split()[-1]]] = F.one_hot(torch.tensor(c), 10).float()
         self.register_buffer("weights", weights)
 
     def forward(self, tokens):
-        return F.one_hot(tokens, len(VOCAB)).float().sum(1) @ self.weights
+        return F.one_hot(tokens, len(FASHION.vocab)).float().sum(1) @ self.weights
 
 
 def test_zero_shot_classifier_on_a_toy_embedding():
-    model = make(embed_dim=len(CLASSES))
+    model = make(embed_dim=10)
     model.image_projector, model.text_encoder = nn.Identity(), ToyText()
     classes = model.class_embeddings()
     assert classes.shape == (10, 10)
     torch.testing.assert_close(classes.norm(dim=1), torch.ones(10))
     # the ensemble by hand for one class: normalise each prompt's embedding, average, renormalise
-    own = F.normalize(model.text_encoder(tokenize(prompts()[9], 9)), dim=1)
+    own = F.normalize(model.text_encoder(FASHION.tokenize(FASHION.prompts()[9], 9)), dim=1)
     torch.testing.assert_close(classes[9], F.normalize(own.mean(0), dim=0))
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 10, (200,), generator=g)

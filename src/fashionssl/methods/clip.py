@@ -1,16 +1,18 @@
 """CLIP (Radford et al., 2021): an image encoder and a text encoder trained so that each image's
 embedding is closest to its own caption's, then zero-shot classification from class prompts.
 
-Fashion-MNIST has no captions: they are generated from the labels (captions.py), so this method
-uses the labels, and everything that reports it says "captions derive from labels". One augmented
-view per image; the image embedding is a projection head on the backbone's features, the text
-embedding a bag of word embeddings with an MLP; symmetric InfoNCE with a learnable temperature,
-its log-scale initialised to log(1/0.07) and capped at log(100) after every step, as in CLIP.
+The images have no captions: they are generated from the labels and the class names (captions.py),
+so this method uses the labels, and everything that reports it says "captions derive from labels".
+One augmented view per image; the image embedding is a projection head on the backbone's features,
+the text embedding a bag of word embeddings with an MLP; symmetric InfoNCE with a learnable
+temperature, its log-scale initialised to log(1/0.07) and capped at log(100) after every step, as in
+CLIP.
 
-Text encoder: the captions' meaning is the set of their words (a class noun and attribute words in
-a template), and word order carries nothing the generator varies, so a bag of embeddings loses
+Text encoder: the captions' meaning is the set of their words (a class noun and any attribute words
+in a template), and word order carries nothing the generator varies, so a bag of embeddings loses
 nothing a transformer would find; it costs almost nothing next to the image encoder on a CPU and
-trains in a few hundred steps.
+trains in a few hundred steps. Its vocabulary is the words the classes' captions can contain, so its
+size follows from the class names, which the checkpoint keeps.
 
 Reproducibility: captions are drawn from a generator seeded afresh each step from
 (caption_seed, step), for the global batch (see sample_captions). caption_seed is drawn at construction from the global RNG (which the
@@ -26,10 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import ViewSpec
-from ..captions import CLASSES, VOCAB, CaptionSampler, prompts, tokenize
+from ..captions import CaptionSampler, caption_set
 from ..device import at_least_float32
 from ..distributed import gather, rank
-from ..errors import UserError
 from ..heads import mlp_head
 from ..losses import clip_loss
 from .base import Method, check_option, check_size
@@ -63,20 +64,16 @@ class CLIP(Method):
     def __init__(self, backbone, class_names: tuple[str, ...], embed_dim: int = 128, hidden_dim: int = 512,
                  text_width: int = 256, temperature: float = 0.07):
         super().__init__(backbone)
-        described = tuple(c.name for c in CLASSES)
-        if tuple(class_names) != described:
-            raise UserError(f"method clip generates its captions from descriptions of Fashion-MNIST's classes "
-                            f"({', '.join(described)}), and the data's classes are {', '.join(class_names)}; "
-                            "choose another method, e.g. --method supervised")
+        self.caption_set = caption_set(tuple(class_names))  # a function of the names, which checkpoints keep
         check_size("clip", "embed_dim", embed_dim)
         check_size("clip", "hidden_dim", hidden_dim)
         check_size("clip", "text_width", text_width)
         check_option("clip", "temperature", temperature, f"a number >= {1 / MAX_LOGIT_SCALE:g}",
                      lambda v: v >= 1 / MAX_LOGIT_SCALE)
         self.image_projector = mlp_head(backbone.feature_dim, hidden_dim, embed_dim)
-        self.text_encoder = BagOfWords(len(VOCAB), text_width, embed_dim)
+        self.text_encoder = BagOfWords(len(self.caption_set.vocab), text_width, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
-        self.captions = CaptionSampler()
+        self.captions = CaptionSampler(self.caption_set)
         self.register_buffer("caption_seed", torch.randint(0, 2**62, ()))  # from the seeded global RNG
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # optimizer steps taken
         # The host's copy of (caption_seed, step): reading the buffers on a GPU would make every step
@@ -110,16 +107,16 @@ class CLIP(Method):
 
     @torch.no_grad()
     def class_embeddings(self) -> torch.Tensor:
-        """(10, embed_dim) zero-shot classifier: each class's prompts encoded and L2-normalised, their
-        mean renormalised (CLIP's prompt ensembling)."""
-        per_class = prompts()
-        tokens = tokenize([p for ps in per_class for p in ps], self.captions.table.shape[-1])
+        """(classes, embed_dim) zero-shot classifier: each class's prompts encoded and L2-normalised,
+        their mean renormalised (CLIP's prompt ensembling)."""
+        per_class = self.caption_set.prompts()
+        tokens = self.caption_set.tokenize([p for ps in per_class for p in ps], self.caption_set.length)
         text = F.normalize(at_least_float32(self.text_encoder(tokens.to(self.step.device))), dim=1)
         return F.normalize(text.view(len(per_class), -1, text.shape[1]).mean(1), dim=1)
 
     @torch.no_grad()
     def zero_shot_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Backbone features (N, feature_dim) -> (N, 10) cosine similarities with the class embeddings."""
+        """Backbone features (N, feature_dim) -> (N, classes) cosine similarities with the class embeddings."""
         image = F.normalize(at_least_float32(self.image_projector(features)), dim=1)
         return image @ self.class_embeddings().T
 
@@ -132,7 +129,8 @@ class CLIP(Method):
                        for split, (x, y) in features.items() if split in ("val", "test")}
         finally:
             self.train(training)
+        prompts = len(self.caption_set.prompt_templates)
         results["zero_shot_protocol"] = (f"image projection of the frozen backbone's features vs the mean normalised "
-                                         f"text embedding of {len(prompts()[0])} prompt templates per class, cosine; "
+                                         f"text embedding of {prompts} prompt templates per class, cosine; "
                                          f"captions derive from labels")
         return results
