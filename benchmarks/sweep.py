@@ -86,7 +86,7 @@ def main() -> None:
         if not isinstance(trials.get(name), dict):
             raise SystemExit(f"{a.sweep_file}: trial {name!r} is not a table of config keys (a dot in a bare "
                              f"TOML key makes a nested table: quote such names)")
-        make_config(None, **base, **trials[name])
+        make_config(None, **{**base, **trials[name]})  # a trial's key replaces the base's, whole
     out, scores = Path(a.out), {}
     for name in names:
         start = time.perf_counter()

@@ -367,24 +367,26 @@ def test_unknown_option_is_refused():
 # default (crop_scale 0.5-1) because a run this short learns faster with them. kNN accuracy on 1000
 # validation images with the first 2048 training images as the bank; the untrained backbone is the
 # same initialisation (the loop seeds it with cfg.seed). Measured margins on a 2-core CPU:
-# moco +0.026, supervised +0.058; byol -0.008, simsiam -0.073, rotation -0.051.
-# BYOL, SimSiam and rotation prediction need far longer than this budget to beat random features on
-# kNN (in longer trials here byol reached the untrained level only after ~200 steps; simsiam and
-# rotation fell further below it at first). Their runs still check the loop and the pretext task.
-SLOW_STARTERS = {"byol", "simsiam", "rotation"}
-
-
-@pytest.mark.parametrize("name", NEW_METHODS)
+# moco +0.026, supervised +0.058.
+@pytest.mark.parametrize("name", ["moco", "supervised"])
 def test_short_run_beats_untrained_backbone(name, knn_setup, tmp_path):
     knn_accuracy, untrained = knn_setup
-    model, epochs = short_run(name, tmp_path / "run")
-    if name in ("byol", "simsiam"):  # spread out, not collapsed
-        assert epochs[-1]["epoch_collapse_std"] > 0.5 / math.sqrt(model.out_dim)
-    if name == "rotation":  # the pretext task is learnt (chance is 0.25)
+    model, _ = short_run(name, tmp_path / "run")
+    margin = knn_accuracy(model.backbone) - untrained
+    assert margin > SHORT_RUN_MARGIN, f"{name}: kNN margin over the untrained backbone {margin:+.3f}"
+
+
+# BYOL, SimSiam and rotation prediction need far longer than SHORT_RUN to beat random features on kNN
+# (at its 96 steps the margins were byol -0.008, simsiam -0.073, rotation -0.051; in longer trials
+# byol reached the untrained level only after ~200 steps). So their short runs check what a few steps
+# do show, on a third of the budget (2 epochs of 1024 images, 32 steps): the loss falls, BYOL and
+# SimSiam stay spread out (not collapsed), the rotation pretext task is learnt (chance is 0.25).
+# Measured (native and AVX2 kernels alike): embedding std byol 0.078 (bound 0.044), simsiam 0.052
+# (bound 0.031); rotation accuracy 0.80. A third of the time of the full short run (11 s against 33 s).
+@pytest.mark.parametrize("name", ["byol", "simsiam", "rotation"])
+def test_slow_starters_learn_their_task_without_collapse(name, tmp_path):
+    model, epochs = short_run(name, tmp_path / "run", epochs=2, train_subset=1024)
+    if name == "rotation":
         assert epochs[-1]["epoch_rotation_acc"] > 0.6
-    trained = knn_accuracy(model.backbone)
-    margin = trained - untrained
-    print(f"{name}: kNN val accuracy untrained {untrained:.3f}, trained {trained:.3f}, margin {margin:+.3f}")
-    if name in SLOW_STARTERS and margin <= SHORT_RUN_MARGIN:
-        pytest.xfail(f"{name} does not beat the untrained backbone in this budget (margin {margin:+.3f})")
-    assert margin > SHORT_RUN_MARGIN
+    else:
+        assert epochs[-1]["epoch_collapse_std"] > 0.5 / math.sqrt(model.out_dim)
