@@ -33,7 +33,7 @@ from .runlog import epoch_lines, write_json
 from .train import pretrain
 
 # What the comparison runs unless told otherwise: every method, 10 epochs of the main job's recipe
-# (cnn-bn, batch 512, AdamW 2e-3, default augmentation); the kNN monitor is off to save time.
+# (cnn-bn-wide, batch 512, AdamW 2e-3, default augmentation); the kNN monitor is off to save time.
 DEFAULT_BUDGET = {"epochs": 10, "knn_every": 0}
 
 

@@ -26,7 +26,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what and how to train (defaults: the main job, see README)")
     g.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
     g.add_argument("--method", help=f"{', '.join(METHODS)} (default simclr)")
-    g.add_argument("--encoder", help=f"{', '.join(ENCODERS)} (default cnn-bn)")
+    g.add_argument("--encoder", help=f"{', '.join(ENCODERS)} (default cnn-bn-wide)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--optimizer", help=f"{', '.join(OPTIMIZERS)} (default adamw)")
