@@ -24,6 +24,7 @@ import json
 import time
 from pathlib import Path
 
+from fashionssl import augment
 from fashionssl.bench import epoch_stats
 from fashionssl.config import load_toml, make_config
 from fashionssl.device import autocast_dtype, resolve_device
@@ -48,6 +49,20 @@ def score_on_validation(run_dir: Path) -> dict:
             "val_probe_acc_by_weight_decay": {f"{wd:g}": acc for wd, acc in by_weight_decay.items()},
             "val_knn_acc": accuracy(knn_predict(train[0], train[1], val[0], num_classes=len(data.info.class_names)),
                                     val[1])}
+
+
+def load_sweep(path: str | Path) -> tuple[dict, dict[str, dict]]:
+    """(base, {trial name: its overrides}) of a sweep file, every trial's config checked before the
+    first one trains. A trial's key replaces the base's whole (an `augment_options` table included)."""
+    base = load_toml(path, extra_keys=("trials",))
+    trials = base.pop("trials", {})
+    for name, trial in trials.items():
+        if not isinstance(trial, dict):
+            raise SystemExit(f"{path}: trial {name!r} is not a table of config keys (a dot in a bare "
+                             f"TOML key makes a nested table: quote such names)")
+        config = make_config(None, **{**base, **trial})
+        augment.make_config(config.augment, **config.augment_options)
+    return base, trials
 
 
 def run_trial(run_dir: Path, options: dict) -> dict:
@@ -79,14 +94,11 @@ def main() -> None:
     p.add_argument("--out", required=True, help="sweep directory (one run directory per trial)")
     p.add_argument("--only", help="comma-separated trial names to run (default: all)")
     a = p.parse_args()
-    base = load_toml(a.sweep_file, extra_keys=("trials",))
-    trials = base.pop("trials")
+    base, trials = load_sweep(a.sweep_file)
     names = a.only.split(",") if a.only else list(trials)
-    for name in names:  # every trial's config is checked before the first one trains
-        if not isinstance(trials.get(name), dict):
-            raise SystemExit(f"{a.sweep_file}: trial {name!r} is not a table of config keys (a dot in a bare "
-                             f"TOML key makes a nested table: quote such names)")
-        make_config(None, **{**base, **trials[name]})  # a trial's key replaces the base's, whole
+    unknown = [name for name in names if name not in trials]
+    if unknown:
+        raise SystemExit(f"{a.sweep_file}: no trial named {', '.join(unknown)}; trials: {', '.join(trials)}")
     out, scores = Path(a.out), {}
     for name in names:
         start = time.perf_counter()
