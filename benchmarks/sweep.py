@@ -27,28 +27,9 @@ from pathlib import Path
 from fashionssl import augment
 from fashionssl.bench import epoch_stats
 from fashionssl.config import load_toml, make_config
-from fashionssl.device import autocast_dtype, resolve_device
-from fashionssl.evaluate import load_data_for, load_trained
-from fashionssl.probe import accuracy, best_weight_decay, extract_features, knn_predict, probe_on_validation
 from fashionssl.runlog import write_json
 from fashionssl.train import pretrain
-
-
-def score_on_validation(run_dir: Path) -> dict:
-    """Validation-only linear probe and kNN of a trained run's backbone."""
-    trained = load_trained(run_dir)
-    cfg, backbone = trained.config, trained.model.backbone
-    device = resolve_device(cfg.device)
-    amp = autocast_dtype(cfg.precision, device)
-    data, aug = load_data_for(trained), trained.augmentation()
-    train, val = [(extract_features(backbone.to(device), s.images, aug, device, cfg.eval_batch_size, amp),
-                   s.labels.to(device)) for s in (data.train, data.val)]
-    by_weight_decay, _ = probe_on_validation(train, val, len(data.info.class_names))
-    best = best_weight_decay(by_weight_decay)
-    return {"val_probe_acc": by_weight_decay[best], "probe_weight_decay": best,
-            "val_probe_acc_by_weight_decay": {f"{wd:g}": acc for wd, acc in by_weight_decay.items()},
-            "val_knn_acc": accuracy(knn_predict(train[0], train[1], val[0], num_classes=len(data.info.class_names)),
-                                    val[1])}
+from validation_scores import score_on_validation
 
 
 def load_sweep(path: str | Path) -> tuple[dict, dict[str, dict]]:

@@ -33,7 +33,7 @@ from .runlog import epoch_lines, write_json
 from .train import pretrain
 
 # What the comparison runs unless told otherwise: every method, 10 epochs of the main job's recipe
-# (cnn-bn-wide, batch 512, AdamW 2e-3, default augmentation); the kNN monitor is off to save time.
+# (Config's defaults); the kNN monitor is off to save time.
 DEFAULT_BUDGET = {"epochs": 10, "knn_every": 0}
 
 
@@ -153,6 +153,18 @@ def label_efficiency_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bench_plan(bench_file: str | Path | None = None, methods: list[str] | None = None,
+               overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Config]]:
+    """(the shared budget, the per-method overrides, {method: its config}) of a bench, every method's
+    config checked before the first one spends an hour training. Budget: DEFAULT_BUDGET < the bench
+    file's shared keys < `overrides` (command-line flags), then a method's own `[per_method.NAME]` table."""
+    file_methods, shared, per_method = load_bench_file(bench_file) if bench_file else (None, {}, {})
+    methods = check_methods(methods or file_methods or list(METHODS))
+    common = {**DEFAULT_BUDGET, **shared, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    configs = {name: make_config(None, **{**common, **per_method.get(name, {}), "method": name}) for name in methods}
+    return common, per_method, configs
+
+
 def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | Path | None = None,
           overrides: dict[str, Any] | None = None, report: bool = True,
           label_fractions: LabelFractions | None = None) -> str:
@@ -160,14 +172,10 @@ def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | P
     with `report`, also the HTML report comparing the runs (`out/report/report.html`); with
     `label_fractions`, also the label-efficiency table of every method.
 
-    Budget: DEFAULT_BUDGET < the bench file's shared keys < `overrides` (command-line flags), then a
-    method's own `[per_method.NAME]` table.
+    Budget: see `bench_plan`.
     """
-    file_methods, shared, per_method = load_bench_file(bench_file) if bench_file else (None, {}, {})
-    methods = check_methods(methods or file_methods or list(METHODS))
-    common = {**DEFAULT_BUDGET, **shared, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    for name in methods:  # validate every method's config before spending an hour on the first
-        make_config(None, **{**common, **per_method.get(name, {}), "method": name})
+    common, per_method, configs = bench_plan(bench_file, methods, overrides)
+    methods = list(configs)
     reference = make_config(None, **common)
     out = Path(out)
     rows = baseline_rows(reference)

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from .augment import PRESETS
-from .config import make_config, parse_option
+from .config import Config, make_config, parse_option
 from .distributed import is_main_process, torchrun_process_group
 from .encoders import ENCODERS
 from .errors import UserError
@@ -25,11 +25,11 @@ def add_data_override(parser: argparse.ArgumentParser) -> None:
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what and how to train (defaults: the main job, see README)")
     g.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
-    g.add_argument("--method", help=f"{', '.join(METHODS)} (default simclr)")
-    g.add_argument("--encoder", help=f"{', '.join(ENCODERS)} (default cnn-bn-wide)")
+    g.add_argument("--method", help=f"{', '.join(METHODS)} (default {Config.method})")
+    g.add_argument("--encoder", help=f"{', '.join(ENCODERS)} (default {Config.encoder})")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
-    g.add_argument("--optimizer", help=f"{', '.join(OPTIMIZERS)} (default adamw)")
+    g.add_argument("--optimizer", help=f"{', '.join(OPTIMIZERS)} (default {Config.optimizer})")
     g.add_argument("--lr", type=float, help="peak learning rate after warm-up")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--warmup-epochs", type=float)

@@ -22,7 +22,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 class Config:
     # what to train
     method: str = "simclr"
-    encoder: str = "cnn-bn-wide"  # chosen on the validation split, docs/benchmarks.md "A new default recipe"
+    encoder: str = "cnn-bn-wide"  # chosen on the validation split, docs/benchmarks.md "Towards a better recipe"
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. {temperature = 0.2}
     augment: str = "default"  # augmentation preset: default | seed | none
     augment_options: dict[str, Any] = field(default_factory=dict)  # per-field overrides of the preset
