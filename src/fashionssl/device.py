@@ -47,7 +47,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
-# glibc mallopt parameters (malloc.h) and the defaults that `reuse_freed_host_memory` restores.
+# glibc mallopt parameters (malloc.h) and the defaults that `keep_freed_host_memory` restores.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
