@@ -11,8 +11,10 @@ STAMP := $(VENV)/.installed
 run: setup
 	$(BIN)/fashionssl run
 
+# two workers, each test file in one of them (its module fixtures built once): the suite is mostly
+# small single-threaded steps, so two processes keep both cores busy where one could not
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 setup: $(STAMP) system-packages
 

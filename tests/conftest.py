@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,13 @@ from fashionssl.config import Config
 from fashionssl.data import CLASSES_FILE, FASHION_MNIST_CLASSES, FASHION_MNIST_INFO, FILES, find_data_dir, load_dataset, read_idx
 from fashionssl.encoders import build_encoder
 from fashionssl.probe import accuracy, extract_features, knn_predict
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test`), each worker takes its share of the intra-op threads, so
+    that the workers do not spin-wait on each other's cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
 
 @pytest.fixture(scope="module")
 def single_thread():

@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from fashionssl import bench as bench_module
 from fashionssl.bench import bench, comparison_table, has_label_fractions, label_efficiency_table, load_bench_file
 from fashionssl.cli import main
+from fashionssl.config import make_config
 from fashionssl.errors import UserError
 from fashionssl.label_efficiency import LabelFractions
 
@@ -94,7 +96,11 @@ def test_bad_per_method_value_fails_before_any_training(tmp_path, small_data_dir
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_bench_runs_two_methods_and_a_rerun_reuses_them(tmp_path, small_data_dir, capsys):
+def computed_again(cfg):
+    raise AssertionError("the baselines were computed again")
+
+
+def test_cli_bench_runs_two_methods_and_a_rerun_reuses_them(tmp_path, small_data_dir, capsys, monkeypatch):
     out = tmp_path / "bench"
     args = ["bench", "--methods", "simclr,rotation", "--epochs", "1", "--batch-size", "256", "--train-subset", "512",
             "--encoder", "cnn", "--val-size", "500", "--no-report", "--data-dir", str(small_data_dir), "--out", str(out)]
@@ -107,10 +113,11 @@ def test_cli_bench_runs_two_methods_and_a_rerun_reuses_them(tmp_path, small_data
     assert saved["budget"]["epochs"] == 1 and saved["budget"]["knn_every"] == 0
     assert (out / "comparison.md").read_text().endswith(table + "\n")
     checkpoint_time = (out / "simclr" / "checkpoint.pt").stat().st_mtime_ns
-    assert main(args) == 0  # nothing retrained: both runs hold results.json
+    monkeypatch.setattr(bench_module, "baseline_rows", computed_again)
+    assert main(args) == 0  # nothing retrained or probed again: results.json and baselines.json read back
     assert (out / "simclr" / "checkpoint.pt").stat().st_mtime_ns == checkpoint_time
     rerun = capsys.readouterr().out.splitlines()
-    assert rerun[-2:] == table.splitlines()[-2:]  # the baselines are recomputed, the methods read back
+    assert "\n".join(line for line in rerun if line.startswith("|")) == table
 
     fractions = ["--label-fractions", "0.01", "--finetune-steps", "2"]
     assert main(args + fractions) == 0  # evaluated again for the label fractions, not retrained
@@ -122,3 +129,15 @@ def test_cli_bench_runs_two_methods_and_a_rerun_reuses_them(tmp_path, small_data
     assert main(args + fractions) == 0  # the numbers are there now: nothing evaluated again
     assert (out / "rotation" / "results.json").stat().st_mtime_ns == results_time
     assert "1% labels" in (out / "comparison.md").read_text()
+
+
+def test_baselines_are_kept_for_their_settings_only(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench_module, "baseline_rows", lambda cfg: calls.append(cfg.encoder) or [{"name": cfg.encoder}])
+    cfg = make_config(None, encoder="cnn")
+    assert bench_module.saved_baseline_rows(tmp_path, cfg) == [{"name": "cnn"}]
+    assert bench_module.saved_baseline_rows(tmp_path, cfg) == [{"name": "cnn"}]
+    assert bench_module.saved_baseline_rows(tmp_path, make_config(None, encoder="cnn-bn")) == [{"name": "cnn-bn"}]
+    (tmp_path / "baselines.json").write_text("{not json")
+    assert bench_module.saved_baseline_rows(tmp_path, make_config(None, encoder="cnn-bn")) == [{"name": "cnn-bn"}]
+    assert calls == ["cnn", "cnn-bn", "cnn-bn"]
