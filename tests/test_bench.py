@@ -1,13 +1,16 @@
-"""The method comparison: its table, its bench file, and a real two-method bench that resumes."""
+"""The method comparison: its tables, its statistics over seeds, its bench file, and real two-method
+benches (one seed, and two seeds) that resume."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from fashionssl import bench as bench_module
-from fashionssl.bench import bench, comparison_table, has_label_fractions, label_efficiency_table, load_bench_file
+from fashionssl.bench import (bench, comparison_table, has_label_fractions, label_efficiency_table, load_bench_file,
+                              mean_std, paired_difference, paired_table, parse_seeds, seeds_table, verdict)
 from fashionssl.cli import main
 from fashionssl.config import make_config
 from fashionssl.errors import UserError
@@ -72,14 +75,17 @@ def test_results_hold_label_fractions_only_for_the_same_protocol_fractions_and_f
 
 def test_bench_file_reads_methods_shared_keys_and_per_method_tables(tmp_path):
     path = tmp_path / "bench.toml"
-    path.write_text('methods = ["simclr", "byol"]\nepochs = 3\n[per_method.byol]\nlr = 1e-3\n')
-    assert load_bench_file(path) == (["simclr", "byol"], {"epochs": 3}, {"byol": {"lr": 1e-3}})
+    path.write_text('methods = ["simclr", "byol"]\nseeds = [0, 1, 2]\nepochs = 3\n[per_method.byol]\nlr = 1e-3\n')
+    assert load_bench_file(path) == (["simclr", "byol"], [0, 1, 2], {"epochs": 3}, {"byol": {"lr": 1e-3}})
 
 
 @pytest.mark.parametrize("text, message", [
     ("epochz = 3\n", "unknown key(s) epochz"),
     ("[per_method.nope]\nlr = 1.0\n", "[per_method.nope]: unknown method"),
     ("per_method = {simclr = 3}\n", "per_method.simclr must be a table"),
+    ("seeds = []\n", "seeds must be distinct integers, at least one"),
+    ('seeds = [0, "1"]\n', "seeds must be distinct integers"),
+    ("seeds = [0, 0]\n", "seeds must be distinct integers"),
 ])
 def test_bench_file_errors_name_the_file_and_key(tmp_path, text, message):
     path = tmp_path / "bench.toml"
@@ -96,7 +102,7 @@ def test_bad_per_method_value_fails_before_any_training(tmp_path, small_data_dir
     assert not (tmp_path / "out").exists()
 
 
-def computed_again(cfg):
+def computed_again(cfg, raw_pixels):
     raise AssertionError("the baselines were computed again")
 
 
@@ -133,11 +139,144 @@ def test_cli_bench_runs_two_methods_and_a_rerun_reuses_them(tmp_path, small_data
 
 def test_baselines_are_kept_for_their_settings_only(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(bench_module, "baseline_rows", lambda cfg: calls.append(cfg.encoder) or [{"name": cfg.encoder}])
+
+    def baseline_rows(cfg, raw_pixels):
+        calls.append((cfg.encoder, cfg.seed, raw_pixels))
+        return [{"name": f"{cfg.encoder} {cfg.seed}"}]
+
+    monkeypatch.setattr(bench_module, "baseline_rows", baseline_rows)
+    saved = bench_module.saved_baseline_rows
     cfg = make_config(None, encoder="cnn")
-    assert bench_module.saved_baseline_rows(tmp_path, cfg) == [{"name": "cnn"}]
-    assert bench_module.saved_baseline_rows(tmp_path, cfg) == [{"name": "cnn"}]
-    assert bench_module.saved_baseline_rows(tmp_path, make_config(None, encoder="cnn-bn")) == [{"name": "cnn-bn"}]
+    assert saved(tmp_path, cfg) == [{"name": "cnn 0"}]
+    assert saved(tmp_path, cfg) == [{"name": "cnn 0"}]
+    assert saved(tmp_path, make_config(None, encoder="cnn", seed=1), raw_pixels=False) == [{"name": "cnn 1"}]
+    assert saved(tmp_path, cfg) == [{"name": "cnn 0"}]  # a second seed's baselines are kept beside the first's
+    assert saved(tmp_path, make_config(None, encoder="cnn", seed=1)) == [{"name": "cnn 1"}]  # with raw pixels now
+    assert saved(tmp_path, make_config(None, encoder="cnn-bn")) == [{"name": "cnn-bn 0"}]
     (tmp_path / "baselines.json").write_text("{not json")
-    assert bench_module.saved_baseline_rows(tmp_path, make_config(None, encoder="cnn-bn")) == [{"name": "cnn-bn"}]
-    assert calls == ["cnn", "cnn-bn", "cnn-bn"]
+    assert saved(tmp_path, make_config(None, encoder="cnn-bn")) == [{"name": "cnn-bn 0"}]
+    assert calls == [("cnn", 0, True), ("cnn", 1, False), ("cnn", 1, True), ("cnn-bn", 0, True), ("cnn-bn", 0, True)]
+
+
+def test_mean_std_and_paired_difference_give_known_answers():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)  # sample std (ddof=1)
+    assert mean_std([0.9]) == (0.9, None)
+    mean, low, high = paired_difference([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])  # differences 1, 2, 3
+    half_width = 4.302653 / math.sqrt(3)  # t(0.975, 2 degrees of freedom) * std / sqrt(n)
+    assert mean == 2.0
+    assert low == pytest.approx(2.0 - half_width, abs=1e-6) and high == pytest.approx(2.0 + half_width, abs=1e-6)
+    with pytest.raises(ValueError):
+        paired_difference([1.0, 2.0], [1.0])  # pairs, or nothing
+
+
+def test_verdict_says_a_difference_is_real_only_when_the_interval_excludes_zero():
+    assert verdict(0.001, 0.02) == "beats SimCLR"
+    assert verdict(-0.02, -0.001) == "loses to SimCLR"
+    assert verdict(-0.01, 0.02) == "no detectable difference"
+
+
+def seeded_rows():
+    """Raw pixels once, the untrained encoder and two methods at seeds 0 and 1."""
+    rows = [{"name": "raw pixels (784-d)", "linear_probe_test_acc": 0.84, "knn_test_acc": 0.82, "eval_seconds": 20.0}]
+    for seed, untrained in ((0, 0.70), (1, 0.72)):
+        rows.append({"name": "untrained cnn", "seed": seed, "linear_probe_test_acc": untrained,
+                     "knn_test_acc": untrained, "eval_seconds": 9.0})
+    for seed, simclr, byol in ((0, 0.90, 0.91), (1, 0.89, 0.91)):
+        rows.append({**ROW, "method": "simclr", "seed": seed, "linear_probe_test_acc": simclr, "knn_test_acc": simclr})
+        rows.append({**ROW, "name": "byol", "method": "byol", "seed": seed, "images_per_s": 1000.0 + 1000 * seed,
+                     "linear_probe_test_acc": byol, "knn_test_acc": byol - 0.01 * seed})
+    return rows
+
+
+def test_seeds_table_gives_mean_and_std_over_seeds_and_the_number_of_seeds():
+    table = seeds_table(seeded_rows()).splitlines()
+    assert table[0] == "| features | linear probe | kNN k=200 | zero-shot | pretraining | images/s | seeds |"
+    assert table[2] == "| raw pixels (784-d) | 84.00% | 82.00% |  |  |  |  |"
+    assert table[3] == "| untrained cnn | 71.00 ± 1.41% | 71.00 ± 1.41% |  |  |  | 2 |"
+    assert table[4] == "| simclr | 89.50 ± 0.71% | 89.50 ± 0.71% |  | 10.0 min | 2,800 | 2 |"
+    assert table[5] == "| byol | 91.00 ± 0.00% | 90.50 ± 0.71% |  | 10.0 min | 1,500 | 2 |"
+    assert len(table) == 6
+
+
+def test_paired_table_compares_each_method_with_simclr_seed_by_seed():
+    table = paired_table(seeded_rows()).splitlines()
+    assert table[0] == "| method | measure | difference (method − SimCLR) | 95% interval | verdict |"
+    half_width = 100 * 12.706205 * math.sqrt(2 * 0.005 ** 2) / math.sqrt(2)  # linear probe: differences 1, 2 points
+    assert table[2] == (f"| byol | linear probe | +1.50 points | [{1.5 - half_width:+.2f}, {1.5 + half_width:+.2f}] "
+                        "| no detectable difference |")
+    assert table[3] == "| byol | kNN | +1.00 points | [+1.00, +1.00] | beats SimCLR |"  # the same +1 at both seeds
+    assert len(table) == 4
+
+
+def test_seeds_parse_from_a_comma_separated_list_and_bad_ones_are_refused():
+    assert parse_seeds("0,1, 2") == [0, 1, 2]
+    for text, message in (("1,x", "give comma-separated integers"), ("", "give comma-separated integers"),
+                          ("3,3", "seeds must be distinct")):
+        with pytest.raises(UserError, match=message):
+            parse_seeds(text)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds", "1,x"], "fashionssl: error: --seeds '1,x': give comma-separated integers, e.g. --seeds 0,1,2"),
+    (["--seeds", ""], "fashionssl: error: --seeds '': give comma-separated integers, e.g. --seeds 0,1,2"),
+    (["--seeds", "0,1", "--seed", "3"], "fashionssl: error: seed and seeds both given; with seeds (0, 1) each run "
+                                        "takes its own"),
+])
+def test_cli_bench_refuses_bad_seeds_in_one_line_before_any_training(tmp_path, capsys, flags, message):
+    assert main(["bench", "--methods", "simclr", "--out", str(tmp_path / "out"), *flags]) == 2
+    assert capsys.readouterr().err.splitlines() == [message]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bench_over_two_seeds_gives_mean_std_and_paired_tables_and_resumes(tmp_path, small_data_dir, capsys,
+                                                                             monkeypatch):
+    out = tmp_path / "bench"
+    args = ["bench", "--methods", "simclr,rotation", "--seeds", "0,1", "--epochs", "1", "--batch-size", "256",
+            "--train-subset", "512", "--encoder", "cnn", "--val-size", "500", "--no-report", "--data-dir",
+            str(small_data_dir), "--out", str(out)]
+    trained, evaluate = [], bench_module.evaluate_checkpoint
+
+    def pretrain(cfg=None, resume=None):  # records the runs trained from scratch, then trains for real
+        trained.extend([] if cfg is None else [cfg.out])
+        return real_pretrain(cfg, resume=resume)
+
+    def interrupted_at_seed_1(run_dir, **kwargs):  # Ctrl-C while evaluating seed 1's simclr
+        if run_dir == out / "simclr" / "seed-1":
+            raise KeyboardInterrupt
+        return evaluate(run_dir, **kwargs)
+
+    real_pretrain = bench_module.pretrain
+    monkeypatch.setattr(bench_module, "pretrain", pretrain)
+    monkeypatch.setattr(bench_module, "evaluate_checkpoint", interrupted_at_seed_1)
+    assert main(args) == 130
+    assert trained == [str(out / "simclr" / "seed-0"), str(out / "rotation" / "seed-0"), str(out / "simclr" / "seed-1")]
+    checkpoints = {run: (out / run / "checkpoint.pt").stat().st_mtime_ns
+                   for run in ("simclr/seed-0", "rotation/seed-0", "simclr/seed-1")}
+    monkeypatch.setattr(bench_module, "evaluate_checkpoint", evaluate)
+    monkeypatch.setattr(bench_module, "baseline_rows", computed_again)
+    capsys.readouterr()
+    assert main(args) == 0  # resumed: seed 1's simclr evaluated from its checkpoint, only rotation's trained
+    assert trained[3:] == [str(out / "rotation" / "seed-1")]
+    assert {run: (out / run / "checkpoint.pt").stat().st_mtime_ns for run in checkpoints} == checkpoints
+
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    saved = json.loads((out / "comparison.json").read_text())
+    assert [(r["name"], r.get("seed")) for r in saved["rows"]] == [
+        ("raw pixels (784-d)", None), ("untrained cnn", 0), ("untrained cnn", 1), ("simclr", 0), ("rotation", 0),
+        ("simclr", 1), ("rotation", 1)]
+    simclr = [r["linear_probe_test_acc"] for r in saved["rows"] if r["name"] == "simclr"]
+    assert f"| simclr | {bench_module.percent(simclr)} |" in "\n".join(table) and " ± " in bench_module.percent(simclr)
+    assert [line.split(" | ")[0] for line in table[2:6]] == ["| raw pixels (784-d)", "| untrained cnn", "| simclr",
+                                                             "| rotation"]
+    assert all(line.endswith(" | 2 |") for line in table[3:6])
+    paired = table[table.index("| method | measure | difference (method − SimCLR) | 95% interval | verdict |"):]
+    assert [line.split(" | ")[:2] for line in paired[2:]] == [["| rotation", "linear probe"], ["| rotation", "kNN"]]
+    assert all(line.endswith(("| beats SimCLR |", "| loses to SimCLR |", "| no detectable difference |"))
+               for line in paired[2:])
+    comparison = (out / "comparison.md").read_text()
+    assert "Paired differences against SimCLR (same seeds):" in comparison and "seeds: 0, 1" in comparison
+
+    assert main(args) == 0  # all finished: nothing trained, evaluated or probed again
+    assert len(trained) == 4
+    assert {run: (out / run / "checkpoint.pt").stat().st_mtime_ns for run in checkpoints} == checkpoints
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")] == table

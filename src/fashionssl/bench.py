@@ -6,18 +6,24 @@ method table is made.
 A bench directory is resumable: a method whose run already holds `results.json` is read back, an
 interrupted one continues from its last epoch checkpoint, so a long comparison survives a kill; the
 baselines are kept in `baselines.json`.
+With seeds (`--seeds 0,1,2`), every method is trained once per seed into METHOD/seed-S, and the table
+gives each method's mean ± std over its seeds, and whether its paired difference from SimCLR (same
+seeds) is real rather than the seed's doing.
 With label fractions (`--label-fractions`), each method's encoder is also judged on subsets of the
 labels (label_efficiency.py) and a second table compares them; a finished run whose results lack
 those numbers is evaluated again, not retrained.
 """
 
+import dataclasses
 import json
+import math
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from scipy import stats
 
 from .augment import make_config as make_augment_config, normalize
 from .config import Config, load_toml, make_config
@@ -38,19 +44,39 @@ from .train import pretrain
 DEFAULT_BUDGET = {"epochs": 10, "knn_every": 0}
 
 
-def load_bench_file(path: str | Path) -> tuple[list[str] | None, dict[str, Any], dict[str, dict[str, Any]]]:
-    """A bench TOML file: optional `methods = [...]`, config keys shared by every method at the top
-    level, and per-method overrides in `[per_method.NAME]` tables (e.g. a method's own options)."""
+def check_seeds(seeds: Any, where: str) -> list[int]:
+    """`seeds` as given: at least one, integers, each once (a repeated seed would pair a run with itself)."""
+    if not (isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds) and len(set(seeds)) == len(seeds)):
+        raise UserError(f"{where}: seeds must be distinct integers, at least one, e.g. [0, 1, 2]; got {seeds!r}")
+    return seeds
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' (--seeds) -> [0, 1, 2], checked by `check_seeds`."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+    return check_seeds(seeds, "--seeds")
+
+
+def load_bench_file(path: str | Path) -> tuple[list[str] | None, list[int] | None, dict[str, Any], dict[str, dict[str, Any]]]:
+    """A bench TOML file: optional `methods = [...]` and `seeds = [...]`, config keys shared by every
+    method at the top level, and per-method overrides in `[per_method.NAME]` tables (e.g. a method's
+    own options)."""
     path = Path(path)
-    data = load_toml(path, extra_keys=("methods", "per_method"))
+    data = load_toml(path, extra_keys=("methods", "seeds", "per_method"))
     methods = data.pop("methods", None)
+    seeds = data.pop("seeds", None)
+    if seeds is not None:
+        check_seeds(seeds, str(path))
     per_method = data.pop("per_method", {})
     for name, overrides in per_method.items():
         if name not in METHODS:
             raise UserError(f"{path}: [per_method.{name}]: unknown method; choose from {', '.join(METHODS)}")
         if not isinstance(overrides, dict):
             raise UserError(f"{path}: per_method.{name} must be a table of config keys")
-    return methods, data, per_method
+    return methods, seeds, data, per_method
 
 
 def check_methods(methods: list[str]) -> list[str]:
@@ -94,46 +120,53 @@ def run_method(method: str, run_dir: Path, overrides: dict[str, Any],
     return {"name": method, "run_dir": str(run_dir), **results, **epoch_stats(run_dir)}
 
 
-def baseline_rows(cfg: Config) -> list[dict]:
-    """Raw pixels and the untrained encoder (initialised by `cfg.seed`), through the same probe and kNN."""
+def baseline_rows(cfg: Config, raw_pixels: bool = True) -> list[dict]:
+    """Raw pixels (they do not depend on the seed: a bench over seeds needs them once) and the
+    untrained encoder (initialised by `cfg.seed`), through the same probe and kNN."""
     data = load_dataset(cfg.data, cfg.val_size, data_dir=cfg.data_dir)
     reason = unevaluable(data)
     if reason is not None:
         raise UserError(f"bench compares methods by accuracy, and {reason}")
     aug = make_augment_config("default", data.info)
-    pixels = [(normalize(s.images, aug).flatten(1), s.labels) for s in (data.train, data.val, data.test)]
-    start = time.perf_counter()
-    raw = {"name": f"raw pixels ({pixels[0][0].shape[1]}-d)", **evaluate_features(*pixels),
-           "eval_seconds": time.perf_counter() - start}
+    rows = []
+    if raw_pixels:
+        pixels = [(normalize(s.images, aug).flatten(1), s.labels) for s in (data.train, data.val, data.test)]
+        start = time.perf_counter()
+        rows.append({"name": f"raw pixels ({pixels[0][0].shape[1]}-d)", **evaluate_features(*pixels),
+                     "eval_seconds": time.perf_counter() - start})
     torch.manual_seed(cfg.seed)
     untrained = evaluate_backbone(build_encoder(cfg.encoder, data.info.channels, data.info.size), data, aug,
                                   resolve_device(cfg.device))
-    return [raw, {"name": f"untrained {cfg.encoder} (seed {cfg.seed})", **untrained}]
+    return [*rows, {"name": f"untrained {cfg.encoder}", "seed": cfg.seed, **untrained}]
 
 
 # What the baseline rows depend on: a bench directory keeps them for these settings.
 BASELINE_SETTINGS = ("data", "data_dir", "val_size", "encoder", "seed")
 
 
-def saved_baseline_rows(out: Path, cfg: Config) -> list[dict]:
-    """`baseline_rows(cfg)`, kept in `out/baselines.json`: a rerun that adds a method or label
-    fractions reads them back instead of probing again (raw pixels and untrained cnn-bn-wide: about
-    3 minutes on Fashion-MNIST, 2 AMD cores). Other settings compute them afresh."""
-    path, settings = out / "baselines.json", {key: getattr(cfg, key) for key in BASELINE_SETTINGS}
+def saved_baseline_rows(out: Path, cfg: Config, raw_pixels: bool = True) -> list[dict]:
+    """`baseline_rows(cfg, raw_pixels)`, kept in `out/baselines.json` with one entry per settings (a
+    bench over seeds keeps each seed's): a rerun that adds a method or label fractions reads them back
+    instead of probing again (raw pixels and untrained cnn-bn-wide: about 3 minutes on Fashion-MNIST,
+    2 AMD cores). Other settings compute them afresh."""
+    path = out / "baselines.json"
+    settings = {**{key: getattr(cfg, key) for key in BASELINE_SETTINGS}, "raw_pixels": raw_pixels}
     try:
-        saved = json.loads(path.read_text())
-        if saved["settings"] == settings:
-            return saved["rows"]
+        entries = json.loads(path.read_text())
+        rows = next((entry["rows"] for entry in entries if entry["settings"] == settings), None)
     except (OSError, ValueError, KeyError, TypeError):
-        pass  # none yet, or unreadable: computed again
-    rows = baseline_rows(cfg)
-    write_json(path, {"settings": settings, "rows": rows})
+        entries, rows = [], None  # none yet, unreadable, or an earlier version's single entry: computed again
+    if rows is None:
+        rows = baseline_rows(cfg, raw_pixels)
+        write_json(path, [*entries, {"settings": settings, "rows": rows}])
     return rows
 
 
-def row_name(row: dict) -> str:
-    """A table row's name, with how the method uses labels when it does."""
-    return row["name"] + (f" ({row.get('label_use', 'uses labels')})" if row.get("uses_labels") else "")
+def row_name(row: dict, with_seed: bool = True) -> str:
+    """A table row's name, with its seed where the table shows one row per run, and how the method
+    uses labels when it does."""
+    seed = f" (seed {row['seed']})" if with_seed and "seed" in row else ""
+    return row["name"] + seed + (f" ({row.get('label_use', 'uses labels')})" if row.get("uses_labels") else "")
 
 
 def comparison_table(rows: list[dict]) -> str:
@@ -174,43 +207,142 @@ def label_efficiency_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1: the seeds are a sample of the seeds one could
+    have run); no std for a single value."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def paired_difference(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of a - b, pair by pair, with its two-sided `confidence` t-interval. Pairing
+    runs of the same seed removes what the seed does to both (the same data order and augmentations),
+    so that smaller differences stand out of the noise than between unpaired means. Needs two pairs
+    or more."""
+    mean, std = mean_std([x - y for x, y in zip(a, b, strict=True)])
+    half_width = stats.t.ppf((1 + confidence) / 2, len(a) - 1) * std / math.sqrt(len(a))
+    return mean, mean - half_width, mean + half_width
+
+
+def verdict(low: float, high: float) -> str:
+    """Plain words for an interval of (method - SimCLR): a difference is real only when the interval
+    excludes 0."""
+    return "beats SimCLR" if low > 0 else "loses to SimCLR" if high < 0 else "no detectable difference"
+
+
+def rows_by_name(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows of each baseline or method (one per seed), in the order they first appear."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["name"], []).append(row)
+    return groups
+
+
+def percent(values: list[float]) -> str:
+    """'90.12 ± 0.31%' (mean ± sample std), or '90.12%' for a single value."""
+    mean, std = mean_std(values)
+    return f"{100 * mean:.2f}%" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}%"
+
+
+def seeds_table(rows: list[dict]) -> str:
+    """Markdown: one row per baseline or method, its accuracies as mean ± std over its seeds (raw
+    pixels, which no seed changes, are measured once), its mean pretraining time and speed."""
+    lines = ["| features | linear probe | kNN k=200 | zero-shot | pretraining | images/s | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for group in rows_by_name(rows).values():
+        first = group[0]
+        accuracy = lambda key: percent([r[key] for r in group]) if key in first else ""  # noqa: E731
+        pretrain_time = (f"{statistics.fmean(r['pretrain_seconds'] for r in group) / 60:.1f} min"
+                         if "pretrain_seconds" in first else "")
+        speed = f"{statistics.fmean(r['images_per_s'] for r in group):,.0f}" if "images_per_s" in first else ""
+        seeds = len(group) if "seed" in first else ""
+        lines.append(f"| {row_name(first, with_seed=False)} | {accuracy('linear_probe_test_acc')} | "
+                     f"{accuracy('knn_test_acc')} | {accuracy('zero_shot_test_acc')} | {pretrain_time} | {speed} | "
+                     f"{seeds} |")
+    return "\n".join(lines)
+
+
+PAIRED_MEASURES = (("linear_probe_test_acc", "linear probe"), ("knn_test_acc", "kNN"))
+
+
+def paired_table(rows: list[dict]) -> str:
+    """Markdown: each method's paired difference from SimCLR (same seed) in percentage points, its 95%
+    t-interval and what it says. Needs SimCLR and two seeds or more among `rows`."""
+    methods = rows_by_name([r for r in rows if "method" in r])
+    simclr = {r["seed"]: r for r in methods.pop("simclr")}
+    lines = ["| method | measure | difference (method − SimCLR) | 95% interval | verdict |", "|---|---|---:|---:|---|"]
+    for group in methods.values():
+        for key, measure in PAIRED_MEASURES:
+            mean, low, high = paired_difference([r[key] for r in group], [simclr[r["seed"]][key] for r in group])
+            lines.append(f"| {row_name(group[0], with_seed=False)} | {measure} | {100 * mean:+.2f} points | "
+                         f"[{100 * low:+.2f}, {100 * high:+.2f}] | {verdict(low, high)} |")
+    return "\n".join(lines)
+
+
 def bench_plan(bench_file: str | Path | None = None, methods: list[str] | None = None,
-               overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Config]]:
-    """(the shared budget, the per-method overrides, {method: its config}) of a bench, every method's
-    config checked before the first one spends an hour training. Budget: DEFAULT_BUDGET < the bench
-    file's shared keys < `overrides` (command-line flags), then a method's own `[per_method.NAME]` table."""
-    file_methods, shared, per_method = load_bench_file(bench_file) if bench_file else (None, {}, {})
+               overrides: dict[str, Any] | None = None, seeds: list[int] | None = None,
+               ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[int] | None, dict[str, Config]]:
+    """(the shared budget, the per-method overrides, the seeds, {method: its config}) of a bench,
+    every method's config checked before the first one spends an hour training. Budget:
+    DEFAULT_BUDGET < the bench file's shared keys < `overrides` (command-line flags), then a method's
+    own `[per_method.NAME]` table. Seeds: `seeds` (--seeds), else the bench file's, else None (one
+    run per method, with the config's `seed`)."""
+    file_methods, file_seeds, shared, per_method = load_bench_file(bench_file) if bench_file else (None, None, {}, {})
     methods = check_methods(methods or file_methods or list(METHODS))
+    seeds = seeds or file_seeds
     common = {**DEFAULT_BUDGET, **shared, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    if seeds and any("seed" in keys for keys in (common, *per_method.values())):
+        raise UserError(f"seed and seeds both given; with seeds ({', '.join(map(str, seeds))}) each run takes its own")
     configs = {name: make_config(None, **{**common, **per_method.get(name, {}), "method": name}) for name in methods}
-    return common, per_method, configs
+    return common, per_method, seeds, configs
+
+
+def run_dir(out: Path, method: str, seed: int | None) -> Path:
+    """OUT/METHOD, or OUT/METHOD/seed-S when the bench repeats each method over seeds."""
+    return out / method if seed is None else out / method / f"seed-{seed}"
 
 
 def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | Path | None = None,
           overrides: dict[str, Any] | None = None, report: bool = True,
-          label_fractions: LabelFractions | None = None) -> str:
-    """Run the comparison into `out` (one run directory per method) and return the Markdown table;
-    with `report`, also the HTML report comparing the runs (`out/report/report.html`); with
-    `label_fractions`, also the label-efficiency table of every method.
+          label_fractions: LabelFractions | None = None, seeds: list[int] | None = None) -> str:
+    """Run the comparison into `out` (one run directory per method, or per method and seed) and
+    return the Markdown table; with `report`, also the HTML report comparing the runs
+    (`out/report/report.html`, each method's first seed); with `label_fractions`, also the
+    label-efficiency table of every run. With `seeds`, the table gives mean ± std over the seeds, and
+    a second one each method's paired difference from SimCLR; comparison.json keeps every run's row.
+    The runs go seed by seed, so that an interrupted bench already holds whole comparisons.
 
-    Budget: see `bench_plan`.
+    Budget and seeds: see `bench_plan`.
     """
-    common, per_method, configs = bench_plan(bench_file, methods, overrides)
+    common, per_method, seeds, configs = bench_plan(bench_file, methods, overrides, seeds)
     methods = list(configs)
     reference = make_config(None, **common)
     out = Path(out)
-    rows = saved_baseline_rows(out, reference)
-    for name in methods:
-        rows.append(run_method(name, out / name, {**common, **per_method.get(name, {})}, label_fractions))
-        write_json(out / "comparison.json", {"budget": common, "per_method": per_method, "rows": rows})
-    table = comparison_table(rows)
+    rows = []
+    for i, seed in enumerate(seeds or [None]):
+        cfg = reference if seed is None else dataclasses.replace(reference, seed=seed)
+        rows += saved_baseline_rows(out, cfg, raw_pixels=i == 0)
+    for seed in seeds or [None]:
+        seeded = {} if seed is None else {"seed": seed}
+        for name in methods:
+            row = run_method(name, run_dir(out, name, seed), {**common, **per_method.get(name, {}), **seeded},
+                             label_fractions)
+            rows.append({**row, **seeded})
+            write_json(out / "comparison.json", {"budget": common, "per_method": per_method, "rows": rows})
+    if seeds is None:
+        table = comparison_table(rows)
+    else:
+        table = seeds_table(rows)
+        if len(seeds) > 1 and "simclr" in methods and len(methods) > 1:
+            table += f"\n\nPaired differences against SimCLR (same seeds):\n\n{paired_table(rows)}"
     if label_fractions:
         table += f"\n\nLabel efficiency ({label_fractions.protocol()}):\n\n{label_efficiency_table(rows)}"
     data_name = reference.data or reference.data_dir or "Fashion-MNIST"
     header = (f"{data_name} test accuracy, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads; budget: {json.dumps(common)}"
-              + (f"; per method: {json.dumps(per_method)}" if per_method else ""))
+              + (f"; per method: {json.dumps(per_method)}" if per_method else "")
+              + (f"; seeds: {', '.join(map(str, seeds))}" if seeds else ""))
     (out / "comparison.md").write_text(f"{header}\n\n{table}\n")
     if report:
-        write_report([out / name for name in methods], out / "report", device=reference.device)
+        write_report([run_dir(out, name, seeds[0] if seeds else None) for name in methods], out / "report",
+                     device=reference.device)
     return table

@@ -127,6 +127,9 @@ def parser() -> argparse.ArgumentParser:
                        ("--data", str), ("--data-dir", str), ("--device", str), ("--seed", int), ("--val-size", int),
                        ("--train-subset", int)):
         bench.add_argument(flag, type=kind)
+    bench.add_argument("--seeds", metavar="S,S,...", help="train every method once per seed (e.g. 0,1,2) into "
+                                                          "OUT/METHOD/seed-S: mean ± std, and paired differences "
+                                                          "against SimCLR")
     add_label_fraction_arguments(bench)
     bench.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                        help="also write OUT/report/report.html comparing the runs (default on)")
@@ -175,12 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         from .train import pretrain
 
         if args.command == "bench":
-            from .bench import bench
+            from .bench import bench, parse_seeds
 
             flags = {k: getattr(args, k) for k in ("encoder", "epochs", "batch_size", "lr", "data", "data_dir",
                                                    "device", "seed", "val_size", "train_subset")}
             methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-            print(bench(args.out, methods, args.config, flags, args.report, label_fractions_from_args(args)))
+            seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+            print(bench(args.out, methods, args.config, flags, args.report, label_fractions_from_args(args), seeds))
             return 0
         if args.command == "evaluate":
             fractions = label_fractions_from_args(args)
