@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from fashionssl.bench import baseline_rows, comparison_table, epoch_stats
+from fashionssl.config import make_config
 
 
 def main() -> None:
@@ -19,7 +20,7 @@ def main() -> None:
     p.add_argument("--encoder", default="cnn-bn", help="architecture of the untrained-encoder baseline")
     p.add_argument("--data-dir")
     a = p.parse_args()
-    rows = baseline_rows(a.encoder, a.data_dir, val_size=5000, device="cpu", seed=0)
+    rows = baseline_rows(make_config(None, encoder=a.encoder, data_dir=a.data_dir, val_size=5000, device="cpu", seed=0))
     for run in a.runs:
         results = json.loads((run / "results.json").read_text())
         name = f"{results['method']} {results['encoder']}, {results['epochs']} epochs"
