@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from .augment import PRESETS
-from .config import Config, make_config, parse_option
+from .config import DEFAULT_LR, METHOD_LR, Config, make_config, parse_option
 from .distributed import is_main_process, torchrun_process_group
 from .encoders import ENCODERS
 from .errors import UserError
@@ -30,7 +30,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--optimizer", help=f"{', '.join(OPTIMIZERS)} (default {Config.optimizer})")
-    g.add_argument("--lr", type=float, help="peak learning rate after warm-up")
+    g.add_argument("--lr", type=float, help="peak learning rate after warm-up (default: the method's, "
+                   f"{DEFAULT_LR:g}; {', '.join(f'{m} {lr:g}' for m, lr in METHOD_LR.items())})")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--augment", help=f"augmentation preset: {', '.join(PRESETS)} (seed = the blog's recipe)")
