@@ -49,6 +49,15 @@ def test_bad_values_name_the_key(key, value):
     assert re.search(rf"\b{key}\b", str(info.value)), str(info.value)
 
 
+def test_lr_defaults_to_the_method_s_own_and_a_given_lr_wins(tmp_path):
+    assert make_config(None).lr == 4e-3  # SimCLR's, chosen on validation
+    assert make_config(None, method="byol").lr == 2e-3
+    assert make_config(None, method="byol", lr=1e-3).lr == 1e-3
+    (tmp_path / "run.toml").write_text('method = "moco"\nlr = 5e-4\n')
+    assert make_config(tmp_path / "run.toml").lr == 5e-4
+    assert dataclasses.asdict(make_config(None, method="moco"))["lr"] == 2e-3  # config.json records the value used
+
+
 def test_warmup_longer_than_training():
     with pytest.raises(UserError, match=r"\bwarmup_epochs\b"):
         make_config(epochs=2, warmup_epochs=3)
