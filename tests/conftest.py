@@ -22,6 +22,7 @@ from fashionssl.data import CLASSES_FILE, FASHION_MNIST_CLASSES, FASHION_MNIST_I
 from fashionssl.encoders import build_encoder
 from fashionssl.probe import accuracy, extract_features, knn_predict
 
+
 def pytest_configure(config):
     """Under pytest-xdist (`make test`), each worker takes its share of the intra-op threads, so
     that the workers do not spin-wait on each other's cores."""

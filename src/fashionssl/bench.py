@@ -219,7 +219,7 @@ def paired_difference(a: list[float], b: list[float], confidence: float = 0.95) 
     so that smaller differences stand out of the noise than between unpaired means. Needs two pairs
     or more."""
     mean, std = mean_std([x - y for x, y in zip(a, b, strict=True)])
-    half_width = stats.t.ppf((1 + confidence) / 2, len(a) - 1) * std / math.sqrt(len(a))
+    half_width = float(stats.t.ppf((1 + confidence) / 2, len(a) - 1)) * std / math.sqrt(len(a))
     return mean, mean - half_width, mean + half_width
 
 
@@ -317,11 +317,11 @@ def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | P
     methods = list(configs)
     reference = make_config(None, **common)
     out = Path(out)
-    rows = []
-    for i, seed in enumerate(seeds or [None]):
+    rows, run_seeds = [], seeds or [None]  # None: one run per method, with the config's seed
+    for i, seed in enumerate(run_seeds):
         cfg = reference if seed is None else dataclasses.replace(reference, seed=seed)
         rows += saved_baseline_rows(out, cfg, raw_pixels=i == 0)
-    for seed in seeds or [None]:
+    for seed in run_seeds:
         seeded = {} if seed is None else {"seed": seed}
         for name in methods:
             row = run_method(name, run_dir(out, name, seed), {**common, **per_method.get(name, {}), **seeded},
