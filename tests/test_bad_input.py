@@ -179,7 +179,8 @@ CASES = [
     case("resume-other-encoder", lambda ws, mp: (ws.rewrite_checkpoint(config=lambda c: c | {"encoder": "cnn-bn"}),
                                                  ["pretrain", "--resume", str(ws.run)])[1],
          ["checkpoint.pt", "method 'simclr' with encoder 'cnn-bn'"]),
-    case("resume-other-method", lambda ws, mp: (ws.rewrite_checkpoint(config=lambda c: c | {"method": "byol"}),
+    case("resume-other-method", lambda ws, mp: (ws.rewrite_checkpoint(  # byol's options: its own defaults
+                                                    config=lambda c: c | {"method": "byol", "method_options": {}}),
                                                 ["pretrain", "--resume", str(ws.run)])[1],
          ["checkpoint.pt", "method 'byol' with encoder 'cnn'"]),
     case("evaluate-other-method", lambda ws, mp: (ws.rewrite_checkpoint(config=lambda c: c | {"method": "moco"}),

@@ -9,8 +9,9 @@ import math
 import pytest
 
 from fashionssl import bench as bench_module
-from fashionssl.bench import (bench, comparison_table, has_label_fractions, label_efficiency_table, load_bench_file,
-                              mean_std, paired_difference, paired_table, parse_seeds, seeds_table, verdict)
+from fashionssl.bench import (accuracies_by_name, bench, comparison_table, has_label_fractions, label_efficiency_table,
+                              load_bench_file, mean_std, paired_difference, paired_table, parse_seeds, seeds_table,
+                              verdict)
 from fashionssl.cli import main
 from fashionssl.config import make_config
 from fashionssl.errors import UserError
@@ -58,6 +59,14 @@ def test_label_efficiency_table_gives_a_shared_scratch_baseline_one_row():
     assert "| simclr | from scratch | 82.00% | 88.00% |" in table
     assert "| supervised (uses labels) | from scratch | 82.00% | 87.00% |" in table
     assert not any("random init" in line for line in table)
+
+
+def test_label_efficiency_table_gives_mean_and_std_over_a_method_s_seeds():
+    rows = [fractions_row("simclr", (0.83, 0.9), (0.82, 0.88)) | {"seed": 0},
+            fractions_row("simclr", (0.85, 0.9), (0.82, 0.88)) | {"seed": 1}]
+    assert label_efficiency_table(rows).splitlines()[2:] == [
+        "| simclr | linear probe (frozen) | 84.00 ± 1.41% | 90.00 ± 0.00% |",
+        "| cnn-bn, random init | from scratch | 82.00% | 88.00% |"]
 
 
 def test_results_hold_label_fractions_only_for_the_same_protocol_fractions_and_fine_tuning():
@@ -196,6 +205,14 @@ def test_seeds_table_gives_mean_and_std_over_seeds_and_the_number_of_seeds():
     assert table[4] == "| simclr | 89.50 ± 0.71% | 89.50 ± 0.71% |  | 10.0 min | 2,800 | 2 |"
     assert table[5] == "| byol | 91.00 ± 0.00% | 90.50 ± 0.71% |  | 10.0 min | 1,500 | 2 |"
     assert len(table) == 6
+
+
+def test_accuracies_by_name_give_each_row_s_per_seed_values_for_the_report():
+    assert accuracies_by_name(seeded_rows()) == {
+        "raw pixels (784-d)": {"linear probe": [0.84], "kNN": [0.82]},
+        "untrained cnn": {"linear probe": [0.70, 0.72], "kNN": [0.70, 0.72]},
+        "simclr": {"linear probe": [0.90, 0.89], "kNN": [0.90, 0.89]},
+        "byol": {"linear probe": [0.91, 0.91], "kNN": [0.91, 0.90]}}
 
 
 def test_paired_table_compares_each_method_with_simclr_seed_by_seed():

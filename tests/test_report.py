@@ -23,7 +23,7 @@ from fashionssl import report as report_module
 from fashionssl.probe import confusion_matrix, extract_features
 from fashionssl.evaluate import load_trained
 from fashionssl.report import (Page, Run, attention_figure, label_efficiency_figure, label_efficiency_section,
-                               nearest_neighbours, pick_per_class, summary, write_report)
+                               nearest_neighbours, pick_per_class, seeds_figure, summary, write_report)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CHROMIUM = shutil.which("chromium")
@@ -84,6 +84,22 @@ def test_label_efficiency_figure_draws_a_shared_scratch_baseline_once():
     assert len(labels(label_efficiency_figure([("a", results(0.82)), ("b", results(0.81))]))) == 6
 
 
+def test_seeds_figure_draws_mean_and_one_std_either_side_and_every_seed():
+    fig = seeds_figure({"raw pixels": {"linear probe": [0.84]},
+                        "simclr": {"linear probe": [0.90, 0.92], "kNN": [0.85, 0.86, 0.87]}})
+    probe, knn = fig.axes
+    assert [t.get_text() for t in probe.get_yticklabels()] == ["raw pixels", "simclr"]
+    bars = lambda ax: [(c.lines[0].get_xdata()[0], c.lines[2][0].get_segments()[0][:, 0])  # noqa: E731
+                       for c in ax.containers]
+    (raw_mean, raw_bar), (simclr_mean, simclr_bar) = bars(probe)
+    assert raw_mean == pytest.approx(84) and raw_bar == pytest.approx([84, 84])  # one seed: no spread
+    assert simclr_mean == pytest.approx(91) and simclr_bar == pytest.approx([91 - 2 ** 0.5, 91 + 2 ** 0.5])
+    [(knn_mean, knn_bar)] = bars(knn)  # raw pixels have no kNN here: nothing drawn for them
+    assert knn_mean == pytest.approx(86) and knn_bar == pytest.approx([85, 87])
+    seed_dots = [line.get_xdata().tolist() for line in knn.get_lines() if line.get_marker() == "o"]
+    assert seed_dots == [pytest.approx([85, 86, 87])]
+
+
 def test_label_efficiency_section_says_how_to_get_it_when_no_run_has_it(tmp_path):
     page = Page(tmp_path)
     trained = SimpleNamespace(config=Config(), model=SimpleNamespace(uses_labels=False), epochs=3)
@@ -126,14 +142,14 @@ def report(trained_run, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ConvNet, "cls_attention", fake_cls_attention, raising=False)
         mp.setattr(report_module, "TSNE_POINTS", 300)
-        html = write_report(copies, out)
+        html = write_report(copies, out, over_seeds={"simclr": {"linear probe": [0.9, 0.92], "kNN": [0.85, 0.86]}})
     return html, run_dir.name
 
 
 def test_report_writes_every_figure_and_embeds_each(report):
     html_path, name = report
     out = html_path.parent
-    expected = ["curves.png", "knn.png", "label-efficiency.png"] + [f"{run}-{kind}.png" for run in (name, f"{name}-2")
+    expected = ["curves.png", "knn.png", "label-efficiency.png", "seeds.png"] + [f"{run}-{kind}.png" for run in (name, f"{name}-2")
                                             for kind in ("tsne", "retrieval", "augmentations", "attention")]
     expected.append(f"{name}-confusion.png")
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -149,6 +165,7 @@ def test_report_writes_every_figure_and_embeds_each(report):
     assert "<td>0.01</td><td>650</td><td>83.00%</td><td>83.12%</td><td>82.00%</td>" in text
     assert "<td>60,000</td><td>90.00%</td><td>-</td><td>88.00%</td>" in text  # no fine-tuning at 1
     assert "Protocol: stratified subsets." in text
+    assert ">Over seeds</h2>" in text and "over up to 2 seeds" in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")

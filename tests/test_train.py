@@ -29,10 +29,10 @@ from fashionssl.data import FASHION_MNIST_INFO, load_dataset
 from fashionssl.errors import UserError
 from fashionssl.evaluate import evaluate_checkpoint
 from fashionssl.probe import accuracy, extract_features, knn_predict
-from fashionssl.methods import build_model
+from fashionssl.methods import build_model, method_options
 from fashionssl.methods.simclr import SimCLR
 from fashionssl.runlog import MetricsLog
-from fashionssl.train import pretrain
+from fashionssl.train import pretrain, with_every_option
 
 from conftest import quick_config
 from test_checkpoint import assert_same
@@ -226,7 +226,11 @@ def test_run_directory_holds_config_versions_metrics_checkpoint_and_tensorboard(
     steps_per_epoch = cfg.train_subset // cfg.batch_size
 
     saved = json.loads((run_dir / "config.json").read_text())
-    assert Config(**saved) == cfg
+    # Every option spelled out, defaults included (the run gave none); the data's normalisation left out.
+    assert saved["method_options"] == {"temperature": 0.2, "hidden_dim": 512, "out_dim": 128}
+    assert saved["augment_options"] == json.loads(json.dumps(
+        {k: v for k, v in dataclasses.asdict(augment.AugmentConfig()).items() if k not in ("mean", "std", "size")}))
+    assert Config(**{**saved, "method_options": {}, "augment_options": {}}) == cfg
 
     versions = json.loads((run_dir / "versions.json").read_text())
     assert versions["torch"] == torch.__version__
@@ -245,12 +249,26 @@ def test_run_directory_holds_config_versions_metrics_checkpoint_and_tensorboard(
     state = load_checkpoint(run_dir / "checkpoint.pt")
     assert {"epoch", "model", "optimizer", "config"} <= state.keys()
     assert state["epoch"] == cfg.epochs
-    assert Config(**state["config"]) == cfg
+    assert state["config"] == saved  # the same complete config as config.json
     model = build_model(cfg, FASHION_MNIST_INFO)
     model.load_state_dict(state["model"])  # strict: every tensor present, shapes right
 
     events = list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
+
+
+def test_a_run_records_every_option_so_that_a_changed_default_cannot_change_it():
+    cfg = Config(method="moco", method_options={"temperature": 0.1}, augment="seed",
+                 augment_options={"flip_p": 0.0, "mean": 0.5})
+    aug = augment.make_config(cfg.augment, FASHION_MNIST_INFO, **cfg.augment_options)
+    full = with_every_option(cfg, aug)
+    assert full.method_options == {**method_options("moco"), "temperature": 0.1}
+    assert full.augment_options["flip_p"] == 0.0 and full.augment_options["mean"] == 0.5  # given: kept
+    assert full.augment_options["std"] == augment.PRESETS["seed"]["std"]  # the preset's own
+    assert "size" not in full.augment_options  # from the data
+    assert augment.make_config(full.augment, FASHION_MNIST_INFO, **full.augment_options) == aug
+    # The preset's values no longer matter: any preset gives the run's augmentation back.
+    assert augment.make_config("default", FASHION_MNIST_INFO, **full.augment_options) == aug
 
 
 def test_pretrain_into_a_finished_run_dir_is_refused_and_overwrites_nothing(trained_run):

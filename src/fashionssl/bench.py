@@ -184,29 +184,6 @@ def comparison_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def label_efficiency_table(rows: list[dict]) -> str:
-    """Markdown: test accuracy of each method's classifiers at each label fraction; the from-scratch
-    baseline gets one row of its own where every method's is the same (same architecture and seed)."""
-    measured = [r for r in rows if "label_fractions" in r]
-    fractions = list(measured[0]["label_fractions"])
-    cell = lambda row, key: f"{100 * row[key]:.2f}%" if key in row else ""  # noqa: E731
-    lines = ["| encoder | classifier | " + " | ".join(f"{float(f):.0%} labels" for f in fractions) + " |",
-             "|---|---|" + "---:|" * len(fractions)]
-    one_scratch = same_scratch_baseline([r["label_fractions"] for r in measured])
-    for r in measured:
-        name = row_name(r)
-        for key, label in LABEL_EFFICIENCY_CLASSIFIERS:
-            if key == "scratch" and one_scratch:
-                continue
-            values = [cell(r["label_fractions"][f], f"{key}_test_acc") for f in fractions]
-            if any(values):
-                lines.append(f"| {name} | {label} | " + " | ".join(values) + " |")
-    if one_scratch:
-        values = [cell(measured[0]["label_fractions"][f], "scratch_test_acc") for f in fractions]
-        lines.append(f"| {measured[0]['encoder']}, random init | from scratch | " + " | ".join(values) + " |")
-    return "\n".join(lines)
-
-
 def mean_std(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (ddof=1: the seeds are a sample of the seeds one could
     have run); no std for a single value."""
@@ -261,7 +238,39 @@ def seeds_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-PAIRED_MEASURES = (("linear_probe_test_acc", "linear probe"), ("knn_test_acc", "kNN"))
+def label_efficiency_table(rows: list[dict]) -> str:
+    """Markdown: test accuracy of each method's classifiers at each label fraction, as mean ± std over
+    the method's seeds (or its one value); the from-scratch baseline gets one row of its own where
+    every run's is the same (same architecture and label-subset seed)."""
+    measured = [r for r in rows if "label_fractions" in r]
+    fractions = list(measured[0]["label_fractions"])
+
+    def cells(group: list[dict], key: str) -> list[str]:
+        by_fraction = [[r["label_fractions"][f][key] for r in group if key in r["label_fractions"][f]] for f in fractions]
+        return [percent(values) if values else "" for values in by_fraction]
+
+    lines = ["| encoder | classifier | " + " | ".join(f"{float(f):.0%} labels" for f in fractions) + " |",
+             "|---|---|" + "---:|" * len(fractions)]
+    one_scratch = same_scratch_baseline([r["label_fractions"] for r in measured])
+    for group in rows_by_name(measured).values():
+        for key, label in LABEL_EFFICIENCY_CLASSIFIERS:
+            values = cells(group, f"{key}_test_acc")
+            if any(values) and not (key == "scratch" and one_scratch):
+                lines.append(f"| {row_name(group[0], with_seed=False)} | {label} | " + " | ".join(values) + " |")
+    if one_scratch:
+        lines.append(f"| {measured[0]['encoder']}, random init | from scratch | "
+                     + " | ".join(cells(measured[:1], "scratch_test_acc")) + " |")
+    return "\n".join(lines)
+
+
+# The test accuracies every run has, as the paired table and the report name them.
+MEASURES = (("linear_probe_test_acc", "linear probe"), ("knn_test_acc", "kNN"))
+
+
+def accuracies_by_name(rows: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """{baseline or method: {measure: its test accuracy at each seed}}, what the report draws with error bars."""
+    return {row_name(group[0], with_seed=False): {label: [r[key] for r in group] for key, label in MEASURES}
+            for group in rows_by_name(rows).values()}
 
 
 def paired_table(rows: list[dict]) -> str:
@@ -271,7 +280,7 @@ def paired_table(rows: list[dict]) -> str:
     simclr = {r["seed"]: r for r in methods.pop("simclr")}
     lines = ["| method | measure | difference (method − SimCLR) | 95% interval | verdict |", "|---|---|---:|---:|---|"]
     for group in methods.values():
-        for key, measure in PAIRED_MEASURES:
+        for key, measure in MEASURES:
             mean, low, high = paired_difference([r[key] for r in group], [simclr[r["seed"]][key] for r in group])
             lines.append(f"| {row_name(group[0], with_seed=False)} | {measure} | {100 * mean:+.2f} points | "
                          f"[{100 * low:+.2f}, {100 * high:+.2f}] | {verdict(low, high)} |")
@@ -344,5 +353,5 @@ def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | P
     (out / "comparison.md").write_text(f"{header}\n\n{table}\n")
     if report:
         write_report([run_dir(out, name, seeds[0] if seeds else None) for name in methods], out / "report",
-                     device=reference.device)
+                     device=reference.device, over_seeds=accuracies_by_name(rows) if seeds else None)
     return table

@@ -207,6 +207,28 @@ def label_efficiency_figure(runs: list[tuple[str, dict]]) -> Figure:
     return fig
 
 
+def seeds_figure(by_method: dict[str, dict[str, list[float]]]) -> Figure:
+    """Each baseline's and method's accuracy over seeds, one panel per measure: a bar of +- one sample
+    standard deviation around the mean (a diamond) and every seed's value as a dot, so that a reader
+    sees whether two methods' spreads overlap. `by_method`: {name: {measure: per-seed accuracies}}."""
+    measures = list(dict.fromkeys(m for values in by_method.values() for m in values))
+    names = list(by_method)
+    fig = Figure(figsize=(5 * len(measures), 0.8 + 0.35 * len(names)), layout="constrained")
+    for ax, measure in zip(np.atleast_1d(fig.subplots(1, len(measures), sharey=True)), measures):
+        for y, name in enumerate(names):
+            values = 100 * np.asarray(by_method[name].get(measure, []), dtype=float)
+            if not len(values):
+                continue
+            spread = values.std(ddof=1) if len(values) > 1 else 0.0
+            ax.errorbar(values.mean(), y, xerr=spread, fmt="D", color="C0", ms=5, capsize=4)
+            ax.plot(values, np.full(len(values), y), "o", color="C1", ms=3, alpha=0.7)
+        ax.set(title=f"{measure} (test split)", xlabel="accuracy (%)")
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
 def embedding_figure(points: np.ndarray, labels: np.ndarray | None, class_names: tuple[str, ...] | None,
                      split: str = "test") -> Figure:
     """The map's points coloured by class, named in the legend; one colour without labels."""
@@ -489,10 +511,11 @@ def preview_augmentations(cfg: Config, out: str | Path, images: int = AUG_IMAGES
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None, data: str | None = None,
-                 device: str | None = None) -> Path:
+                 device: str | None = None, over_seeds: dict[str, dict[str, list[float]]] | None = None) -> Path:
     """Write report.html and its PNG figures to `out` (default: RUN_DIR/report for one run,
     runs/report-<time> for several), on `data` or else the data each run was trained on; returns
-    the path of report.html."""
+    the path of report.html. `over_seeds` (a bench over seeds: {name: {measure: per-seed test
+    accuracies}}) adds the comparison with error bars (`seeds_figure`)."""
     if not run_dirs:
         raise UserError("no run directory given: pass one or more run directories")
     paths = [Path(p) for p in run_dirs]
@@ -509,6 +532,12 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None, data
             runs.append(load_run(path, name))
             bar.update()
         summary(page, runs)
+        if over_seeds:
+            seeds = max(len(values) for measures in over_seeds.values() for values in measures.values())
+            page.heading("Over seeds")
+            page.figure(seeds_figure(over_seeds), "seeds.png",
+                        f"test accuracy over up to {seeds} seeds: mean (diamond) +- one sample standard deviation, and "
+                        "each seed (dots); the runs below are each method's first seed")
         curves = [(r.name, r.metrics) for r in runs]
         page.heading("Training curves")
         page.figure(curves_figure(curves), "curves.png", "loss and learning rate" + (" (overlaid)" if len(runs) > 1 else ""))

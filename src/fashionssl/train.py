@@ -29,7 +29,7 @@ from .device import autocast_dtype, keep_freed_host_memory, resolve_device
 from .distributed import (is_main_process, main_process_decides, mean_over_ranks, process_device,
                           rank, shard_batches, sync_batchnorm, world_size)
 from .errors import UserError
-from .methods import Method, build_model
+from .methods import Method, build_model, method_options
 from .optim import build_optimizer
 from .probe import accuracy, extract_features, knn_predict
 from .runlog import MetricsLog, versions, write_json
@@ -40,6 +40,19 @@ def stream_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
     """A well-mixed 63-bit seed for one random stream (0: data order, 1: augmentation) of one epoch
     on one rank. Rank 0's seeds are those of a single process (SeedSequence ignores trailing zeros)."""
     return int(np.random.SeedSequence([seed, epoch, stream, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def with_every_option(cfg: Config, aug: augment.AugmentConfig) -> Config:
+    """`cfg` with the method's and the augmentation's options spelled out, defaults included, so that
+    config.json says what the run used and a resume replays it even after a default has changed (the
+    crop scale's did on 2026-12-04, which left earlier runs' config.json silent about theirs). The
+    normalisation and image size stay out unless the preset or the run set them: they come from the
+    data. Pairs are lists, as in TOML and JSON, so that the checkpoint's config and config.json agree."""
+    from_data = {"mean", "std", "size"} - set(augment.PRESETS[cfg.augment]) - set(cfg.augment_options)
+    return dataclasses.replace(
+        cfg, method_options={**method_options(cfg.method), **cfg.method_options},
+        augment_options={k: list(v) if isinstance(v, tuple) else v
+                         for k, v in dataclasses.asdict(aug).items() if k not in from_data})
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -166,6 +179,7 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     data = load_dataset(cfg.data, cfg.val_size, train_subset=cfg.train_subset, data_dir=cfg.data_dir)
     aug = augment.make_config(cfg.augment, data.info, **cfg.augment_options)
     model = build_training_model(cfg, data.info, device)  # first: it refuses methods the data cannot train
+    cfg = with_every_option(cfg, aug)  # after the model, which refuses unknown methods and options
     n, global_batch = len(data.train), cfg.batch_size
     if global_batch > n:
         raise UserError(f"batch_size {global_batch} is larger than the {n} training images; lower --batch-size")
