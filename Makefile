@@ -28,8 +28,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# every method at the main job's budget over three seeds, docs/benchmarks.md (about 2.5 hours a seed on
-# 2 CPU cores; resumable: a rerun reads finished runs back and continues an interrupted one)
+# every method at the main job's budget over three seeds, docs/benchmarks.md (about 2.7 hours a seed on
+# 2 AMD EPYC cores; resumable: a rerun reads finished runs back and continues an interrupted one)
 bench: setup
 	$(BIN)/fashionssl bench --config configs/bench.toml --out runs/bench-wide --seeds 0,1,2
 

@@ -10,12 +10,12 @@ import pytest
 
 from fashionssl import bench as bench_module
 from fashionssl.bench import (accuracies_by_name, bench, comparison_table, has_label_fractions, label_efficiency_table,
-                              load_bench_file, mean_std, paired_difference, paired_table, parse_seeds, seeds_table,
-                              verdict)
+                              load_bench_file, paired_table, parse_seeds, seeds_table, verdict)
 from fashionssl.cli import main
 from fashionssl.config import make_config
 from fashionssl.errors import UserError
 from fashionssl.label_efficiency import LabelFractions
+from fashionssl.seed_statistics import mean_std, paired_difference
 
 ROW = {"name": "simclr", "linear_probe_test_acc": 0.9012, "knn_test_acc": 0.8567, "eval_seconds": 55.2,
        "pretrain_seconds": 600.0, "median_epoch_seconds": 19.74, "images_per_s": 2800.4}

@@ -149,8 +149,9 @@ def report(trained_run, tmp_path_factory):
 def test_report_writes_every_figure_and_embeds_each(report):
     html_path, name = report
     out = html_path.parent
-    expected = ["curves.png", "knn.png", "label-efficiency.png", "seeds.png"] + [f"{run}-{kind}.png" for run in (name, f"{name}-2")
-                                            for kind in ("tsne", "retrieval", "augmentations", "attention")]
+    expected = ["curves.png", "knn.png", "label-efficiency.png", "seeds.png"]
+    expected += [f"{run}-{kind}.png" for run in (name, f"{name}-2")
+                 for kind in ("tsne", "retrieval", "augmentations", "attention")]
     expected.append(f"{name}-confusion.png")
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == sorted(expected)

@@ -16,14 +16,12 @@ those numbers is evaluated again, not retrained.
 
 import dataclasses
 import json
-import math
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from scipy import stats
 
 from .augment import make_config as make_augment_config, normalize
 from .config import Config, load_toml, make_config
@@ -36,6 +34,7 @@ from .label_efficiency import LABEL_EFFICIENCY_CLASSIFIERS, LabelFractions, same
 from .methods import METHODS
 from .probe import evaluate_features
 from .report import write_report
+from .seed_statistics import mean_std, paired_difference
 from .runlog import epoch_lines, write_json
 from .train import pretrain
 
@@ -182,22 +181,6 @@ def comparison_table(rows: list[dict]) -> str:
         lines.append(f"| {name} | {100 * r['linear_probe_test_acc']:.2f}% | {100 * r['knn_test_acc']:.2f}% | "
                      f"{zero_shot} | {pretrain_time} | {epoch} | {speed} | {r['eval_seconds']:.0f} s |")
     return "\n".join(lines)
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (ddof=1: the seeds are a sample of the seeds one could
-    have run); no std for a single value."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
-def paired_difference(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of a - b, pair by pair, with its two-sided `confidence` t-interval. Pairing
-    runs of the same seed removes what the seed does to both (the same data order and augmentations),
-    so that smaller differences stand out of the noise than between unpaired means. Needs two pairs
-    or more."""
-    mean, std = mean_std([x - y for x, y in zip(a, b, strict=True)])
-    half_width = float(stats.t.ppf((1 + confidence) / 2, len(a) - 1)) * std / math.sqrt(len(a))
-    return mean, mean - half_width, mean + half_width
 
 
 def verdict(low: float, high: float) -> str:

@@ -34,6 +34,7 @@ from .evaluate import Trained, load_data_for, load_trained
 from .label_efficiency import LABEL_EFFICIENCY_CLASSIFIERS, same_scratch_baseline
 from .probe import extract_features
 from .runlog import read_metrics
+from .seed_statistics import mean_std
 
 # Test images on the embedding map, and t-SNE iterations: measured 48 CPU-seconds for 2,500 points
 # and 1,000 iterations, 25 for 2,000 points and 500 iterations (250 of them early exaggeration):
@@ -216,12 +217,12 @@ def seeds_figure(by_method: dict[str, dict[str, list[float]]]) -> Figure:
     fig = Figure(figsize=(5 * len(measures), 0.8 + 0.35 * len(names)), layout="constrained")
     for ax, measure in zip(np.atleast_1d(fig.subplots(1, len(measures), sharey=True)), measures):
         for y, name in enumerate(names):
-            values = 100 * np.asarray(by_method[name].get(measure, []), dtype=float)
-            if not len(values):
+            values = [100 * v for v in by_method[name].get(measure, [])]
+            if not values:
                 continue
-            spread = values.std(ddof=1) if len(values) > 1 else 0.0
-            ax.errorbar(values.mean(), y, xerr=spread, fmt="D", color="C0", ms=5, capsize=4)
-            ax.plot(values, np.full(len(values), y), "o", color="C1", ms=3, alpha=0.7)
+            mean, std = mean_std(values)
+            ax.errorbar(mean, y, xerr=std or 0.0, fmt="D", color="C0", ms=5, capsize=4)
+            ax.plot(values, [y] * len(values), "o", color="C1", ms=3, alpha=0.7)
         ax.set(title=f"{measure} (test split)", xlabel="accuracy (%)")
         ax.set_yticks(range(len(names)), names)
         ax.invert_yaxis()
