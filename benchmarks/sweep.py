@@ -16,7 +16,7 @@ Each trial trains into `OUT/<name>` and its scores go to `OUT/<name>/validation.
 probe fitted on the training split at every weight decay of the evaluation grid, scored on
 validation (the best is reported with its weight decay: the choice `fashionssl evaluate` would make),
 and kNN (k=200, bank = the training split). The sweep is resumable: scored trials are read back, an
-interrupted one continues from its last epoch. The Markdown table goes to stdout and `OUT/sweep.md`.
+interrupted one continues from its last epoch; a trial whose overrides changed since is refused. The Markdown table goes to stdout and `OUT/sweep.md`.
 """
 
 import argparse
@@ -27,8 +27,9 @@ from pathlib import Path
 from fashionssl import augment
 from fashionssl.bench import epoch_stats
 from fashionssl.config import load_toml, make_config
+from fashionssl.errors import UserError
 from fashionssl.runlog import write_json
-from fashionssl.train import pretrain
+from fashionssl.train import check_same_recipe, pretrain
 from validation_scores import score_on_validation
 
 
@@ -49,11 +50,14 @@ def load_sweep(path: str | Path) -> tuple[dict, dict[str, dict]]:
 def run_trial(run_dir: Path, options: dict) -> dict:
     """Pretrain (or continue) one trial and score it, reusing what an earlier sweep left in `run_dir`."""
     scores_path = run_dir / "validation.json"
+    cfg = make_config(None, **options, out=str(run_dir))
+    if (run_dir / "config.json").exists():
+        check_same_recipe(cfg, run_dir)  # a trial whose overrides changed since is refused, not read back
     if not scores_path.exists():
         if (run_dir / "config.json").exists():
             pretrain(resume=run_dir)
         else:
-            pretrain(make_config(None, **options, out=str(run_dir)))
+            pretrain(cfg)
         write_json(scores_path, score_on_validation(run_dir))
     return {**json.loads(scores_path.read_text()), **epoch_stats(run_dir)}
 
@@ -83,7 +87,10 @@ def main() -> None:
     out, scores = Path(a.out), {}
     for name in names:
         start = time.perf_counter()
-        scores[name] = run_trial(out / name, {**base, **trials[name]})
+        try:
+            scores[name] = run_trial(out / name, {**base, **trials[name]})
+        except UserError as e:
+            raise SystemExit(f"trial {name}: {e}") from None
         print(f"{name}: validation probe {100 * scores[name]['val_probe_acc']:.2f}%, "
               f"kNN {100 * scores[name]['val_knn_acc']:.2f}% ({time.perf_counter() - start:.0f} s)", flush=True)
     table = (f"{time.strftime('%Y-%m-%d')}, `{a.sweep_file}`, base {json.dumps(base, sort_keys=True)}; "

@@ -297,3 +297,10 @@ def test_cli_bench_over_two_seeds_gives_mean_std_and_paired_tables_and_resumes(t
     assert len(trained) == 4
     assert {run: (out / run / "checkpoint.pt").stat().st_mtime_ns for run in checkpoints} == checkpoints
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")] == table
+
+    assert main([*args, "--lr", "0.01"]) == 2  # other settings: refused, not read back as if they were these
+    assert capsys.readouterr().err.splitlines() == [
+        f"fashionssl: error: {out / 'simclr' / 'seed-0'} holds a run of other settings than asked for (lr: the run has 0.004, "
+        f"asked for 0.01): write to another output folder, or delete {out / 'simclr' / 'seed-0'} to train it again"]
+    assert len(trained) == 4
+    assert {run: (out / run / "checkpoint.pt").stat().st_mtime_ns for run in checkpoints} == checkpoints

@@ -32,7 +32,7 @@ from fashionssl.probe import accuracy, extract_features, knn_predict
 from fashionssl.methods import build_model, method_options
 from fashionssl.methods.simclr import SimCLR
 from fashionssl.runlog import MetricsLog
-from fashionssl.train import pretrain, with_every_option
+from fashionssl.train import check_same_recipe, differences_from_run, pretrain, with_every_option
 
 from conftest import quick_config
 from test_checkpoint import assert_same
@@ -269,6 +269,25 @@ def test_a_run_records_every_option_so_that_a_changed_default_cannot_change_it()
     assert augment.make_config(full.augment, FASHION_MNIST_INFO, **full.augment_options) == aug
     # The preset's values no longer matter: any preset gives the run's augmentation back.
     assert augment.make_config("default", FASHION_MNIST_INFO, **full.augment_options) == aug
+
+
+def test_differences_from_run_name_each_setting_that_differs_and_only_those(trained_run, tmp_path):
+    cfg, run_dir = trained_run
+    assert differences_from_run(dataclasses.replace(cfg, out=str(tmp_path)), run_dir) == []  # the folder aside
+    other = dataclasses.replace(cfg, lr=cfg.lr * 2, method_options={"temperature": 0.5},
+                                augment_options={**cfg.augment_options, "flip_p": 0.0})
+    assert differences_from_run(other, run_dir) == [
+        f"method_options.temperature: the run has {method_options(cfg.method)['temperature']!r}, asked for 0.5",
+        f"augment_options.flip_p: the run has {augment.make_config(cfg.augment).flip_p!r}, asked for 0.0",
+        f"lr: the run has {cfg.lr!r}, asked for {cfg.lr * 2!r}"]
+    with pytest.raises(UserError, match=r"holds a run of other settings than asked for \(method_options.temperature"):
+        check_same_recipe(other, run_dir)
+    # A run of an earlier version recorded only the options it was given: the others cannot be told apart.
+    older = tmp_path / "older"
+    older.mkdir()
+    recorded = json.loads((run_dir / "config.json").read_text())
+    (older / "config.json").write_text(json.dumps({**recorded, "method_options": {}, "augment_options": {}}))
+    assert differences_from_run(dataclasses.replace(other, lr=cfg.lr), older) == []
 
 
 def test_pretrain_into_a_finished_run_dir_is_refused_and_overwrites_nothing(trained_run):

@@ -5,7 +5,8 @@ method table is made.
 
 A bench directory is resumable: a method whose run already holds `results.json` is read back, an
 interrupted one continues from its last epoch checkpoint, so a long comparison survives a kill; the
-baselines are kept in `baselines.json`.
+baselines are kept in `baselines.json`. A run recorded with other settings than the bench now asks
+for (the bench file's lr changed since, say) is refused in one line, never read back as this one.
 With seeds (`--seeds 0,1,2`), every method is trained once per seed into METHOD/seed-S, and the table
 gives each method's mean ± std over its seeds, and whether its paired difference from SimCLR (same
 seeds) is real rather than the seed's doing.
@@ -36,7 +37,7 @@ from .probe import evaluate_features
 from .report import write_report
 from .seed_statistics import mean_std, paired_difference
 from .runlog import epoch_lines, write_json
-from .train import pretrain
+from .train import check_same_recipe, pretrain
 
 # What the comparison runs unless told otherwise: every method, 10 epochs of the main job's recipe
 # (Config's defaults); the kNN monitor is off to save time.
@@ -107,11 +108,14 @@ def run_method(method: str, run_dir: Path, overrides: dict[str, Any],
     """Pretrain and evaluate one method into `run_dir`, reusing whatever a previous bench left there."""
     results_path = run_dir / "results.json"
     evaluated = results_path.exists()
+    cfg = make_config(None, **{**overrides, "method": method, "out": str(run_dir)})
+    if (run_dir / "config.json").exists():
+        check_same_recipe(cfg, run_dir)
     if not evaluated:
         if (run_dir / "checkpoint.pt").exists():
             pretrain(resume=run_dir)
         else:
-            pretrain(make_config(None, **{**overrides, "method": method, "out": str(run_dir)}))
+            pretrain(cfg)
     if not evaluated or (label_fractions and not has_label_fractions(json.loads(results_path.read_text()),
                                                                      label_fractions)):
         evaluate_checkpoint(run_dir, label_fractions=label_fractions)

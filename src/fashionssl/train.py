@@ -55,6 +55,36 @@ def with_every_option(cfg: Config, aug: augment.AugmentConfig) -> Config:
                          for k, v in dataclasses.asdict(aug).items() if k not in from_data})
 
 
+def differences_from_run(cfg: Config, run_dir: Path) -> list[str]:
+    """'key: the run has A, asked for B' for each setting where the run recorded in `run_dir`'s
+    config.json differs from `cfg` (its output folder aside), so that a bench or sweep that reads back
+    earlier runs never passes off a run of another recipe (a changed lr, option or default) as the
+    one asked for. Options a run of an earlier version left unrecorded are not counted as differences."""
+    try:
+        recorded = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {run_dir / 'config.json'}: {e}") from None
+    expected = json.loads(json.dumps(dataclasses.asdict(
+        with_every_option(cfg, augment.make_config(cfg.augment, **cfg.augment_options)))))
+    differences = []
+    for key, value in expected.items():
+        if key in ("method_options", "augment_options"):
+            differences += [f"{key}.{name}: the run has {recorded[key][name]!r}, asked for {option!r}"
+                            for name, option in value.items()
+                            if name in recorded.get(key, {}) and recorded[key][name] != option]
+        elif key != "out" and recorded.get(key) != value:
+            differences.append(f"{key}: the run has {recorded.get(key)!r}, asked for {value!r}")
+    return differences
+
+
+def check_same_recipe(cfg: Config, run_dir: Path) -> None:
+    """Refuses to read back or continue the run in `run_dir` when it was trained with other settings than `cfg`."""
+    differences = differences_from_run(cfg, run_dir)
+    if differences:
+        raise UserError(f"{run_dir} holds a run of other settings than asked for ({'; '.join(differences)}): "
+                        f"write to another output folder, or delete {run_dir} to train it again")
+
+
 def new_run_dir(cfg: Config) -> Path:
     """The run directory for a new run; refuses one that already holds a run."""
     run_dir = Path(cfg.out or f"runs/{cfg.method}-{cfg.encoder}-{time.strftime('%Y%m%d-%H%M%S')}")
