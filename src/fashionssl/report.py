@@ -377,7 +377,8 @@ class Page:
         return path
 
 
-def percent(results: dict | None, key: str) -> str:
+def accuracy_cell(results: dict | None, key: str) -> str:
+    """A table cell: `results[key]` as a percentage, '-' where the run has no such number."""
     return f"{100 * results[key]:.2f}%" if results and key in results else "-"
 
 
@@ -389,9 +390,9 @@ def summary(page: Page, runs: list[Run]) -> None:
     rows = []
     for r in runs:
         method = r.trained.config.method + (" (uses labels)" if r.trained.model.uses_labels else "")
-        row = [r.name, method, r.trained.config.encoder, str(r.trained.epochs), percent(r.results, "linear_probe_test_acc"),
-               percent(r.results, "knn_test_acc")]
-        rows.append(row + ([percent(r.results, "zero_shot_test_acc")] if zero_shot else []))
+        row = [r.name, method, r.trained.config.encoder, str(r.trained.epochs), accuracy_cell(r.results, "linear_probe_test_acc"),
+               accuracy_cell(r.results, "knn_test_acc")]
+        rows.append(row + ([accuracy_cell(r.results, "zero_shot_test_acc")] if zero_shot else []))
     page.heading("Summary")
     page.table(header, rows)
     if any(r.trained.model.uses_labels for r in runs):
@@ -412,7 +413,7 @@ def label_efficiency_section(page: Page, runs: list[Run]) -> None:
     page.figure(label_efficiency_figure(measured), "label-efficiency.png",
                 "test accuracy when only a stratified fraction of the labels exists: a linear probe on the frozen "
                 "encoder, the encoder fine-tuned, and the same architecture trained from scratch on the same subset")
-    rows = [[name, fraction, f"{row['n_labels']:,}"] + [percent(row, f"{key}_test_acc") for key, _ in
+    rows = [[name, fraction, f"{row['n_labels']:,}"] + [accuracy_cell(row, f"{key}_test_acc") for key, _ in
                                                         LABEL_EFFICIENCY_CLASSIFIERS]
             for name, by_fraction in measured for fraction, row in by_fraction.items()]
     page.table(["run", "fraction", "labelled images"] + [label for _, label in LABEL_EFFICIENCY_CLASSIFIERS], rows)
