@@ -16,7 +16,8 @@ Each trial trains into `OUT/<name>` and its scores go to `OUT/<name>/validation.
 probe fitted on the training split at every weight decay of the evaluation grid, scored on
 validation (the best is reported with its weight decay: the choice `fashionssl evaluate` would make),
 and kNN (k=200, bank = the training split). The sweep is resumable: scored trials are read back, an
-interrupted one continues from its last epoch; a trial whose overrides changed since is refused. The Markdown table goes to stdout and `OUT/sweep.md`.
+interrupted one continues from its last epoch, and a trial whose overrides changed since is refused.
+The Markdown table goes to stdout and `OUT/sweep.md`.
 """
 
 import argparse
@@ -51,8 +52,7 @@ def run_trial(run_dir: Path, options: dict) -> dict:
     """Pretrain (or continue) one trial and score it, reusing what an earlier sweep left in `run_dir`."""
     scores_path = run_dir / "validation.json"
     cfg = make_config(None, **options, out=str(run_dir))
-    if (run_dir / "config.json").exists():
-        check_same_recipe(cfg, run_dir)  # a trial whose overrides changed since is refused, not read back
+    check_same_recipe(cfg, run_dir)  # a trial whose overrides changed since is refused, not read back
     if not scores_path.exists():
         if (run_dir / "config.json").exists():
             pretrain(resume=run_dir)

@@ -109,8 +109,7 @@ def run_method(method: str, run_dir: Path, overrides: dict[str, Any],
     results_path = run_dir / "results.json"
     evaluated = results_path.exists()
     cfg = make_config(None, **{**overrides, "method": method, "out": str(run_dir)})
-    if (run_dir / "config.json").exists():
-        check_same_recipe(cfg, run_dir)
+    check_same_recipe(cfg, run_dir)
     if not evaluated:
         if (run_dir / "checkpoint.pt").exists():
             pretrain(resume=run_dir)

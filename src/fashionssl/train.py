@@ -55,15 +55,20 @@ def with_every_option(cfg: Config, aug: augment.AugmentConfig) -> Config:
                          for k, v in dataclasses.asdict(aug).items() if k not in from_data})
 
 
+def recorded_config(config_file: Path) -> dict:
+    """A run's config.json as saved (a damaged one is a user error naming the file)."""
+    try:
+        return json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {config_file}: {e}") from None
+
+
 def differences_from_run(cfg: Config, run_dir: Path) -> list[str]:
     """'key: the run has A, asked for B' for each setting where the run recorded in `run_dir`'s
     config.json differs from `cfg` (its output folder aside), so that a bench or sweep that reads back
     earlier runs never passes off a run of another recipe (a changed lr, option or default) as the
     one asked for. Options a run of an earlier version left unrecorded are not counted as differences."""
-    try:
-        recorded = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {run_dir / 'config.json'}: {e}") from None
+    recorded = recorded_config(run_dir / "config.json")
     expected = json.loads(json.dumps(dataclasses.asdict(
         with_every_option(cfg, augment.make_config(cfg.augment, **cfg.augment_options)))))
     differences = []
@@ -78,8 +83,9 @@ def differences_from_run(cfg: Config, run_dir: Path) -> list[str]:
 
 
 def check_same_recipe(cfg: Config, run_dir: Path) -> None:
-    """Refuses to read back or continue the run in `run_dir` when it was trained with other settings than `cfg`."""
-    differences = differences_from_run(cfg, run_dir)
+    """Refuses to read back or continue the run in `run_dir` when it was trained with other settings
+    than `cfg`; a folder that holds no run yet passes."""
+    differences = differences_from_run(cfg, run_dir) if (run_dir / "config.json").exists() else []
     if differences:
         raise UserError(f"{run_dir} holds a run of other settings than asked for ({'; '.join(differences)}): "
                         f"write to another output folder, or delete {run_dir} to train it again")
@@ -98,11 +104,7 @@ def resume_point(resume: str | Path) -> tuple[dict | None, Config, Path]:
     first checkpoint has only config.json: it starts again from that config, which replays it exactly."""
     run, config_file = Path(resume), Path(resume) / "config.json"
     if run.is_dir() and not (run / "checkpoint.pt").exists() and config_file.is_file():
-        try:
-            saved = json.loads(config_file.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read {config_file}: {e}") from None
-        return None, config_from_dict(saved, str(config_file)), run / "checkpoint.pt"
+        return None, config_from_dict(recorded_config(config_file), str(config_file)), run / "checkpoint.pt"
     state, checkpoint = load_checkpoint(resume), resolve_checkpoint(resume)
     return state, config_from_dict(state["config"], f"{checkpoint} config"), checkpoint
 
