@@ -14,6 +14,7 @@ import torch
 
 import fashionssl
 from fashionssl.cli import main
+from fashionssl.data import FASHION_MNIST_CLASSES
 
 SRC = Path(fashionssl.__file__).resolve().parents[1]
 
@@ -35,6 +36,26 @@ def test_run_quick_job_prints_the_results_table_and_the_run_dir(tmp_path, small_
     # The table shows the numbers of results.json.
     assert f"{100 * results['linear_probe_test_acc']:.2f}%" in stdout
     assert f"{100 * results['knn_test_acc']:.2f}%" in stdout
+
+
+def test_evaluate_data_dir_reads_fashion_mnist_there_and_data_reads_any_idx_folder(trained_run, small_data_dir,
+                                                                                   tmp_path):
+    """--data-dir moves a run's Fashion-MNIST (its names and fixed statistics); --data is other data:
+    the same IDX files without classes.txt are classes "0".."9"."""
+    _, run_dir = trained_run
+    copy = tmp_path / "idx"
+    copy.mkdir()
+    for path in small_data_dir.glob("*-ubyte*"):
+        (copy / path.name).write_bytes(path.read_bytes())
+    names = {}
+    for flag in ("--data-dir", "--data"):
+        out = tmp_path / f"results{flag}.json"
+        assert main(["evaluate", str(run_dir), flag, str(copy), "--out", str(out)]) == 0
+        names[flag] = json.loads(out.read_text())["class_names"]
+    assert names == {"--data-dir": list(FASHION_MNIST_CLASSES), "--data": [str(i) for i in range(10)]}
+    with pytest.raises(SystemExit) as given_both:
+        main(["evaluate", str(run_dir), "--data", str(copy), "--data-dir", str(copy)])
+    assert given_both.value.code == 2
 
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")

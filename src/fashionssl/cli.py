@@ -17,9 +17,12 @@ DATA_HELP = ("the images: a folder of IDX files, an .npz file (x_train, y_train[
 
 
 def add_data_override(parser: argparse.ArgumentParser) -> None:
-    """--data (and the older --data-dir) for commands that read a run: other data than it was trained on."""
-    parser.add_argument("--data", "--data-dir", dest="data", help="the images to use instead of the run's own "
-                                                                   "(same layouts as pretrain --data)")
+    """--data or --data-dir for commands that read a run: other data than it was trained on, or
+    Fashion-MNIST from another folder (e.g. a run moved to a machine that keeps the files elsewhere)."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--data", help="the images to use instead of the run's own (same layouts as pretrain --data)")
+    g.add_argument("--data-dir", help="Fashion-MNIST from this folder of the four IDX files, instead of the run's own "
+                                      "data")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -189,18 +192,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "evaluate":
             fractions = label_fractions_from_args(args)
-            print(results_table(evaluate_checkpoint(args.checkpoint, args.data, args.device, args.out, fractions)))
+            print(results_table(evaluate_checkpoint(args.checkpoint, args.data, args.device, args.out, fractions,
+                                                                  args.data_dir)))
             return 0
         if args.command == "report":
             from .report import write_report
-            print(f"report: {write_report(args.run_dirs, args.out, args.data, args.device)}")
+            print(f"report: {write_report(args.run_dirs, args.out, args.data, args.device, data_dir=args.data_dir)}")
             return 0
         if args.command == "augment-preview":
             print(f"augmentation preview: {augment_preview(args)}")
             return 0
         if args.command == "export":
             from .export import export_run
-            print(f"exported to {export_run(args.checkpoint, args.out, args.data, args.device)}")
+            print(f"exported to {export_run(args.checkpoint, args.out, args.data, args.device, args.data_dir)}")
             return 0
         if args.command == "embed":
             from .export import embed

@@ -99,11 +99,15 @@ def load_trained(checkpoint: str | Path) -> Trained:
     return Trained(cfg, model, state["epoch"], info, path)
 
 
-def load_data_for(trained: Trained, data: str | None = None) -> Dataset:
-    """The data to judge `trained` on: `data` (a --data given now) or the data it was trained on,
-    split as training split it; its images must be of the channels and size the encoder takes."""
+def load_data_for(trained: Trained, data: str | None = None, data_dir: str | None = None) -> Dataset:
+    """The data to judge `trained` on: `data` (a --data given now), Fashion-MNIST from the IDX
+    folder `data_dir` (a --data-dir given now), or else the data it was trained on; split as
+    training split it. Its images must be of the channels and size the encoder takes."""
     cfg = trained.config
-    dataset = load_dataset(data or cfg.data, cfg.val_size, data_dir=None if data else cfg.data_dir)
+    if data or data_dir:
+        dataset = load_dataset(data, cfg.val_size, data_dir=None if data else data_dir)
+    else:
+        dataset = load_dataset(cfg.data, cfg.val_size, data_dir=cfg.data_dir)
     found, expected = dataset.info, trained.info
     if (found.channels, found.size) != (expected.channels, expected.size):
         raise UserError(f"{dataset.source} holds {found.channels}-channel {found.size}x{found.size} images but "
@@ -113,14 +117,16 @@ def load_data_for(trained: Trained, data: str | None = None) -> Dataset:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, device: str | None = None,
-                        out: str | Path | None = None, label_fractions: LabelFractions | None = None) -> dict:
-    """Evaluate a pretraining checkpoint's backbone on `data` (default: the data it was trained on);
+                        out: str | Path | None = None, label_fractions: LabelFractions | None = None,
+                        data_dir: str | None = None) -> dict:
+    """Evaluate a pretraining checkpoint's backbone on `data`, or Fashion-MNIST from `data_dir`
+    (default: the data it was trained on);
     writes results.json beside it (or to `out`). With `label_fractions`, results also compare probe,
     fine-tuning and training from scratch on subsets of the labels (see label_efficiency.py).
     Data without labels gets results that say why there are no numbers."""
     trained = load_trained(checkpoint)
     cfg, model = trained.config, trained.model
-    dataset = load_data_for(trained, data)
+    dataset = load_data_for(trained, data, data_dir)
     dev = resolve_device(device or cfg.device)
     results = {"method": cfg.method, "encoder": cfg.encoder, "uses_labels": model.uses_labels,
                "epochs": trained.epochs, "checkpoint": str(trained.path), "data": dataset.source,

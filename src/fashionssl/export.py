@@ -29,15 +29,16 @@ from .runlog import write_json
 
 
 def export_run(checkpoint: str | Path, out: str | Path | None = None, data: str | None = None,
-               device: str | None = None) -> Path:
+               device: str | None = None, data_dir: str | None = None) -> Path:
     """Write backbone.safetensors, backbone.json and embeddings_/labels_{train,val,test}.npy to `out`
     (default: `export/` in the run directory) for the splits that hold images (labels only for
-    labelled data), on `data` or else the data the run was trained on; returns the folder."""
+    labelled data), on `data`, Fashion-MNIST from `data_dir`, or else the data the run was trained on;
+    returns the folder."""
     trained = load_trained(checkpoint)
     cfg, model = trained.config, trained.model
     out = Path(out) if out else trained.path.parent / "export"
     dev = resolve_device(device or cfg.device)
-    dataset = load_data_for(trained, data)
+    dataset = load_data_for(trained, data, data_dir)
     aug = trained.augmentation()
     backbone = model.backbone.to(dev)
     try:

@@ -513,11 +513,12 @@ def preview_augmentations(cfg: Config, out: str | Path, images: int = AUG_IMAGES
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None, data: str | None = None,
-                 device: str | None = None, over_seeds: dict[str, dict[str, list[float]]] | None = None) -> Path:
+                 device: str | None = None, over_seeds: dict[str, dict[str, list[float]]] | None = None,
+                 data_dir: str | None = None) -> Path:
     """Write report.html and its PNG figures to `out` (default: RUN_DIR/report for one run,
-    runs/report-<time> for several), on `data` or else the data each run was trained on; returns
-    the path of report.html. `over_seeds` (a bench over seeds: {name: {measure: per-seed test
-    accuracies}}) adds the comparison with error bars (`seeds_figure`)."""
+    runs/report-<time> for several), on `data`, Fashion-MNIST from `data_dir`, or else the data
+    each run was trained on; returns the path of report.html. `over_seeds` (a bench over seeds:
+    {name: {measure: per-seed test accuracies}}) adds the comparison with error bars (`seeds_figure`)."""
     if not run_dirs:
         raise UserError("no run directory given: pass one or more run directories")
     paths = [Path(p) for p in run_dirs]
@@ -553,9 +554,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None, data
         datasets: dict[tuple, Dataset] = {}
         for run in runs:
             cfg = run.trained.config
-            key = (data, cfg.data, cfg.data_dir, cfg.val_size)
+            key = (data, data_dir, cfg.data, cfg.data_dir, cfg.val_size)
             if key not in datasets:
-                datasets[key] = load_data_for(run.trained, data)
+                datasets[key] = load_data_for(run.trained, data, data_dir)
             run_section(page, run, datasets[key], resolve_device(device or cfg.device), bar)
     title = "fashionssl report: " + ", ".join(r.name for r in runs)
     return page.write(title)
