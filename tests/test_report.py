@@ -23,7 +23,7 @@ from fashionssl import report as report_module
 from fashionssl.probe import confusion_matrix, extract_features
 from fashionssl.evaluate import load_trained
 from fashionssl.report import (Page, Run, attention_figure, label_efficiency_figure, label_efficiency_section,
-                               nearest_neighbours, pick_per_class, seeds_figure, summary, write_report)
+                               nearest_neighbours, pick_per_class, seeds_figure, summary, unique_names, write_report)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CHROMIUM = shutil.which("chromium")
@@ -42,6 +42,16 @@ def test_pick_per_class_takes_distinct_classes_then_repeats():
     assert len(set(picked.tolist())) == 5
     assert torch.equal(picked, pick_per_class(labels, 5, seed=1))
     assert not torch.equal(picked, pick_per_class(labels, 5, seed=2))
+
+
+def test_runs_that_share_a_folder_name_are_named_by_their_parents(tmp_path):
+    """A bench over seeds holds simclr/seed-0 and rotation/seed-0: the report must tell them apart
+    by method, not as seed-0 and seed-0-2."""
+    bench = tmp_path / "bench"
+    paths = [bench / "simclr" / "seed-0", bench / "rotation" / "seed-0", tmp_path / "other", bench / "simclr" / "seed-1"]
+    assert unique_names(paths) == ["simclr-seed-0", "rotation-seed-0", "other", "seed-1"]
+    assert unique_names([tmp_path / "a" / "run", tmp_path / "b" / "run"]) == ["a-run", "b-run"]
+    assert unique_names([tmp_path / "run", tmp_path / "run"]) == ["run", "run-2"]
 
 
 def test_nearest_neighbours_is_cosine_and_ignores_length():
@@ -121,8 +131,8 @@ def fake_cls_attention(self, x):
 
 @pytest.fixture(scope="module")
 def report(trained_run, tmp_path_factory):
-    """A report of two copies of the trained run, both named like it (the report must tell them
-    apart): the first with results holding a confusion matrix, the second with results that lack it
+    """A report of two copies of the trained run, both named like it in folders of their own (the
+    report must tell them apart, by those folders' names): the first with results holding a confusion matrix, the second with results that lack it
     but have a zero-shot number. Both backbones get a cls_attention, so the attention section is
     drawn, and the t-SNE map takes 300 points to keep the test short."""
     _, run_dir = trained_run
@@ -143,16 +153,16 @@ def report(trained_run, tmp_path_factory):
         mp.setattr(ConvNet, "cls_attention", fake_cls_attention, raising=False)
         mp.setattr(report_module, "TSNE_POINTS", 300)
         html = write_report(copies, out, over_seeds={"simclr": {"linear probe": [0.9, 0.92], "kNN": [0.85, 0.86]}})
-    return html, run_dir.name
+    return html, [f"{copy.parent.name}-{copy.name}" for copy in copies]
 
 
 def test_report_writes_every_figure_and_embeds_each(report):
-    html_path, name = report
+    html_path, (first, second) = report
     out = html_path.parent
     expected = ["curves.png", "knn.png", "label-efficiency.png", "seeds.png"]
-    expected += [f"{run}-{kind}.png" for run in (name, f"{name}-2")
+    expected += [f"{run}-{kind}.png" for run in (first, second)
                  for kind in ("tsne", "retrieval", "augmentations", "attention")]
-    expected.append(f"{name}-confusion.png")
+    expected.append(f"{first}-confusion.png")
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == sorted(expected)
     text = html_path.read_text()
@@ -160,7 +170,7 @@ def test_report_writes_every_figure_and_embeds_each(report):
         assert (out / png).stat().st_size > 1000
         assert f'data-file="{png}"' in text
     assert text.count('src="data:image/png;base64,') == len(expected)
-    assert f"{name}-2-confusion.png" not in text and "has no linear_probe_confusion" in text
+    assert f"{second}-confusion.png" not in text and "has no linear_probe_confusion" in text
     assert "<th>zero-shot (test)</th>" in text and "91.00%" in text and "50.00%" in text
     assert "of 300 random test images" in text
     assert "<td>0.01</td><td>650</td><td>83.00%</td><td>83.12%</td><td>82.00%</td>" in text
@@ -171,7 +181,7 @@ def test_report_writes_every_figure_and_embeds_each(report):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_opens_in_headless_chromium_with_every_image_decoded(report, tmp_path):
-    html_path, name = report
+    html_path, (first, second) = report
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--window-size=1200,2000"]
@@ -179,7 +189,7 @@ def test_report_opens_in_headless_chromium_with_every_image_decoded(report, tmp_
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=60).stdout
     figures = len(list(html_path.parent.glob("*.png")))
     assert re.search(r'<body[^>]*data-figures="decoded (\d+)"', dom).group(1) == str(figures)
-    for heading in ("Summary", "Training curves", "kNN monitor", "Label efficiency", f"Run {name}", f"Run {name}-2", "Embedding map",
+    for heading in ("Summary", "Training curves", "kNN monitor", "Label efficiency", f"Run {first}", f"Run {second}", "Embedding map",
                     "Nearest neighbours", "Augmented views", "Linear-probe confusion matrix", "CLS attention"):
         assert f">{heading}</h" in dom
     shot = tmp_path / "report.png"
