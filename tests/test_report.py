@@ -132,8 +132,8 @@ def fake_cls_attention(self, x):
 @pytest.fixture(scope="module")
 def report(trained_run, tmp_path_factory):
     """A report of two copies of the trained run, both named like it in folders of their own (the
-    report must tell them apart, by those folders' names): the first with results holding a confusion matrix, the second with results that lack it
-    but have a zero-shot number. Both backbones get a cls_attention, so the attention section is
+    report must tell them apart, by those folders' names): the first with results holding a
+    confusion matrix, the second with results that lack it but have a zero-shot number. Both backbones get a cls_attention, so the attention section is
     drawn, and the t-SNE map takes 300 points to keep the test short."""
     _, run_dir = trained_run
     copies = [tmp_path_factory.mktemp(f"copy{i}") / run_dir.name for i in range(2)]

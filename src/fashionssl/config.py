@@ -18,12 +18,10 @@ from .errors import UserError
 PRECISIONS = ("auto", "fp32", "bf16")
 
 # The peak lr of a method not told otherwise: AdamW 2e-3 at batch 512, or the method's own, chosen at
-# the main job's recipe on the validation split. SimCLR's: benchmarks/sweeps/recipe.toml (4e-3 gave
-# +0.33 points of probe over 2e-3 on cnn-bn-wide, the mean of 3 seeds, each positive). The others':
-# benchmarks/sweeps/methods.toml, the same search for each (half, once and twice 2e-3, a step further
-# while the best is at an end; docs/benchmarks.md): rotation and swav 8e-3 (validation probe 92.66%
-# and 92.16%, against 92.56% / 92.12% at 4e-3 and 92.16% / 92.00% at 16e-3), simsiam 1e-3 (91.72%
-# against 91.50% at 2e-3); for moco, byol, barlow, vicreg and dino 2e-3 stayed the best.
+# the main job's recipe on the validation split. SimCLR's by benchmarks/sweeps/recipe.toml (4e-3:
+# +0.33 points of probe over 2e-3 on cnn-bn-wide, the mean of 3 seeds, each positive); the others'
+# by benchmarks/sweeps/methods.toml, the same search for each (its trial table: docs/benchmarks.md,
+# "Each method's lr, searched alike on validation"). 2e-3 stayed the best for the rest.
 DEFAULT_LR = 2e-3
 METHOD_LR = {"simclr": 4e-3, "rotation": 8e-3, "swav": 8e-3, "simsiam": 1e-3}
 

@@ -72,18 +72,12 @@ def load_run(run_dir: str | Path, name: str) -> Run:
 
 def unique_names(paths: list[Path]) -> list[str]:
     """Run directory names, which prefix the figures' file names. Where two runs share one (a bench
-    over seeds: simclr/seed-0, rotation/seed-0), their parent folders' names go in front
-    (simclr-seed-0, rotation-seed-0) until they differ; -2, -3, ... where even the paths are the same."""
-    parts = [path.resolve().parts[1:] or ("run",) for path in paths]
-    depths = [1] * len(paths)
-    while True:
-        names = ["-".join(p[-d:]) for p, d in zip(parts, depths)]
-        clashing = [i for i, name in enumerate(names) if depths[i] < len(parts[i])
-                    and any(other == name and parts[j] != parts[i] for j, other in enumerate(names))]
-        if not clashing:
-            break
-        for i in clashing:
-            depths[i] += 1
+    over seeds: simclr/seed-0, rotation/seed-0), the parent folder's name goes in front
+    (simclr-seed-0, rotation-seed-0); -2, -3, ... where names still clash (the same run twice)."""
+    resolved = [path.resolve() for path in paths]
+    names = [path.name or "run" for path in resolved]
+    names = [f"{path.parent.name}-{name}" if any(n == name and p != path for p, n in zip(resolved, names)) else name
+             for path, name in zip(resolved, names)]
     unique: list[str] = []
     for name in names:
         candidate, i = name, 1
