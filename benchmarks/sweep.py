@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fashionssl import augment
 from fashionssl.bench import epoch_stats
-from fashionssl.config import load_toml, make_config
+from fashionssl.config import FIELDS, load_toml, make_config
 from fashionssl.errors import UserError
 from fashionssl.runlog import write_json
 from fashionssl.train import check_same_recipe, pretrain
@@ -40,11 +40,19 @@ def load_sweep(path: str | Path) -> tuple[dict, dict[str, dict]]:
     base = load_toml(path, extra_keys=("trials",))
     trials = base.pop("trials", {})
     for name, trial in trials.items():
-        if not isinstance(trial, dict):
-            raise SystemExit(f"{path}: trial {name!r} is not a table of config keys (a dot in a bare "
-                             f"TOML key makes a nested table: quote such names)")
-        config = make_config(None, **{**base, **trial})
-        augment.make_config(config.augment, **config.augment_options)
+        # `temperature-0.1 = {...}` is the key "temperature-0" holding the table "1": TOML splits bare
+        # keys at dots, so the trial's keys are no config keys but nested tables.
+        nested = [key for key, value in trial.items() if key not in FIELDS and isinstance(value, dict)] \
+            if isinstance(trial, dict) else []
+        if not isinstance(trial, dict) or nested:
+            dotted = f"{name}.{nested[0]}" if nested else name
+            raise SystemExit(f"{path}: trial {dotted!r} is not a table of config keys: a dot in a bare TOML "
+                             f"key makes a nested table; quote the name (\"{dotted}\" = {{...}})")
+        try:
+            config = make_config(None, **{**base, **trial})
+            augment.make_config(config.augment, **config.augment_options)
+        except UserError as e:
+            raise SystemExit(f"{path}: trial {name!r}: {e}") from None
     return base, trials
 
 

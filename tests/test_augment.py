@@ -16,6 +16,7 @@ from fashionssl.augment import (
     _LUMA,
     _N_COLOUR_DRAWS,
     _N_DRAWS,
+    _N_ERASE_DRAWS,
     PRESETS,
     AugmentConfig,
     _augment_with,
@@ -286,6 +287,37 @@ def test_each_view_depends_only_on_its_image_and_draws() -> None:
         torch.testing.assert_close(alone, batch[i : i + 1], atol=1e-5, rtol=0)
 
 
+def test_erasing_sets_a_rectangle_of_the_drawn_area_to_the_mean() -> None:
+    x = torch.full((64, 28, 28), 200, dtype=torch.uint8)
+    cfg = only(erase_p=1.0, erase_scale=(0.25, 0.25), erase_ratio=(1.0, 1.0))
+    erased = augment(x, cfg, gen()).squeeze(1).abs() < 1e-6  # the mean standardises to 0
+    assert torch.all(erased.sum(dim=(1, 2)) == 14 * 14)  # a quarter of 28x28: a 14x14 square
+    assert torch.all(erased.any(2).sum(1) == 14) and torch.all(erased.any(1).sum(1) == 14)
+    assert len(torch.unique(erased.flatten(1).float().argmax(1))) > 32  # the corner is drawn per image
+    untouched = augment(x, cfg, gen()).squeeze(1)[~erased]
+    torch.testing.assert_close(untouched, normalize(x, cfg).squeeze(1)[~erased])
+
+
+def test_erasing_probability_and_shapes() -> None:
+    x, cfg = images(256), only(erase_p=0.5)
+    out = augment(x, cfg, gen())
+    unchanged = (out == normalize(x, cfg)).flatten(1).all(1)
+    assert 0.4 < unchanged.float().mean() < 0.6
+    area = (out != normalize(x, cfg)).flatten(1).float().mean(1)[~unchanged]
+    assert area.min() > 0 and area.max() <= 0.33 + 2 * 28 / 784  # within erase_scale, up to a pixel's edge
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_each_erased_view_depends_only_on_its_image_and_draws(channels: int) -> None:
+    x = to_float(images(16)) if channels == 1 else to_float(colour_images(16))
+    cfg = make_config(erase_p=0.5, jitter_p=1.0)
+    u = torch.rand((16, _N_DRAWS + (channels == 3) * _N_COLOUR_DRAWS + _N_ERASE_DRAWS), generator=gen(1))
+    batch = _augment_with(x.clone(), cfg, u)
+    for i in (0, 7, 15):
+        alone = _augment_with(x[i : i + 1].clone(), cfg, u[i : i + 1])
+        torch.testing.assert_close(alone, batch[i : i + 1], atol=1e-5, rtol=0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_shapes_and_range() -> None:
     cfg = make_config("default")
@@ -338,6 +370,10 @@ def test_make_config_unknown_key_lists_keys() -> None:
         ("saturation", 1.5),
         ("hue", 0.6),
         ("grayscale_p", 2.0),
+        ("erase_p", 1.5),
+        ("erase_scale", (0.0, 0.3)),
+        ("erase_scale", (0.5, 0.2)),
+        ("erase_ratio", (3.0, 0.3)),
         ("size", 0),
         ("size", 28.0),
     ],

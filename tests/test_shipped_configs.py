@@ -52,3 +52,15 @@ def load_sweep_script(monkeypatch):
 def test_every_sweep_trial_validates(path, monkeypatch):
     _, trials = load_sweep_script(monkeypatch).load_sweep(path)  # checks every trial's config and augmentation
     assert trials
+
+
+@pytest.mark.parametrize("text, says", [
+    ('[trials]\ntemperature-0.1 = {method_options = {temperature = 0.1}}\n', "'temperature-0.1' is not a table"),
+    ('[trials]\nshort = {epoch = 3}\n', "trial 'short': unknown config key 'epoch'"),
+])
+def test_a_bad_sweep_trial_is_named_without_a_traceback(text, says, tmp_path, monkeypatch):
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exit:
+        load_sweep_script(monkeypatch).load_sweep(path)
+    assert says in str(exit.value)

@@ -23,10 +23,11 @@ from fashionssl.errors import UserError
 
 # Uniform draws per image, one column each: crop area, crop log-ratio, crop x, crop y, flip,
 # jitter on/off, brightness, contrast, blur on/off, blur sigma; colour images add saturation, hue
-# and grayscale on/off. Drawn in one call so that row i holds everything image i needs, whatever
-# the batch around it.
+# and grayscale on/off; erasing, where it is on, adds erase on/off, area, log-ratio, x and y. Drawn
+# in one call so that row i holds everything image i needs, whatever the batch around it.
 _N_DRAWS = 10
 _N_COLOUR_DRAWS = 3
+_N_ERASE_DRAWS = 5
 # ITU-R BT.601 luma weights, as torchvision's rgb_to_grayscale: the grey that saturation 0 and
 # random grayscale give.
 _LUMA = (0.299, 0.587, 0.114)
@@ -55,20 +56,25 @@ class AugmentConfig:
     saturation: float = 0.4  # colour only, with the jitter: factor ~ U[1-s, 1+s], blend with the grey image
     hue: float = 0.1  # colour only, with the jitter: rotation by U[-h, h] of a turn around the grey axis
     grayscale_p: float = 0.2  # colour only: probability of turning the view grey
+    erase_p: float = 0.0  # probability of random erasing (a rectangle set to the data's mean)
+    erase_scale: tuple[float, float] = (0.02, 0.33)  # erased area fraction range (torchvision's)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)  # erased aspect ratio range, sampled log-uniformly
     mean: float | tuple[float, ...] = 0.2860  # of [0,1] pixels: one for all channels, or one per channel
     std: float | tuple[float, ...] = 0.3530
     size: int = 28  # output side (multi-crop uses smaller sizes)
 
     def __post_init__(self) -> None:
-        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+        for name in ("crop_scale", "crop_ratio", "blur_sigma", "erase_scale", "erase_ratio"):
             object.__setattr__(self, name, _pair(name, getattr(self, name)))
-        lo, hi = self.crop_scale
-        _check("crop_scale", 0 < lo <= hi <= 1, "must be [lo, hi] with 0 < lo <= hi <= 1", lo, hi)
-        lo, hi = self.crop_ratio
-        _check("crop_ratio", 0 < lo <= hi < math.inf, "must be [lo, hi] with 0 < lo <= hi, finite", lo, hi)
+        for name in ("crop_scale", "erase_scale"):
+            lo, hi = getattr(self, name)
+            _check(name, 0 < lo <= hi <= 1, "must be [lo, hi] with 0 < lo <= hi <= 1", lo, hi)
+        for name in ("crop_ratio", "erase_ratio"):
+            lo, hi = getattr(self, name)
+            _check(name, 0 < lo <= hi < math.inf, "must be [lo, hi] with 0 < lo <= hi, finite", lo, hi)
         lo, hi = self.blur_sigma
         _check("blur_sigma", 0 < lo <= hi < math.inf, "must be [lo, hi] with 0 < lo <= hi, finite", lo, hi)
-        for name in ("flip_p", "jitter_p", "blur_p", "grayscale_p"):
+        for name in ("flip_p", "jitter_p", "blur_p", "grayscale_p", "erase_p"):
             value = _number(name, getattr(self, name))
             _check(name, 0 <= value <= 1, "is a probability: must be between 0 and 1", value)
         for name in ("brightness", "contrast", "saturation"):
@@ -219,14 +225,15 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
        (torchvision clamps after each op; the results differ only where pixels leave [0, 1]).
     3. Colour images, with probability grayscale_p: the grey image in every channel.
     4. With probability blur_p: Gaussian blur, per-sample sigma, reflect padding.
+    5. With probability erase_p: random erasing (Zhong et al., 2020), see `_erase`.
 
     An op whose probability is 0 (or a crop with scale = ratio = 1 at the input size, no flip)
     costs nothing, so the "none" preset is exactly normalize().
     """
     x = to_float(images)
     colour = x.shape[1] == 3
-    draws = torch.rand((x.shape[0], _N_DRAWS + colour * _N_COLOUR_DRAWS), generator=generator, device=x.device)
-    return _augment_with(x, cfg, draws)
+    columns = _N_DRAWS + colour * _N_COLOUR_DRAWS + (cfg.erase_p > 0) * _N_ERASE_DRAWS
+    return _augment_with(x, cfg, torch.rand((x.shape[0], columns), generator=generator, device=x.device))
 
 
 def _augment_with(x: torch.Tensor, cfg: AugmentConfig, draws: torch.Tensor) -> torch.Tensor:
@@ -244,9 +251,12 @@ def _augment_with(x: torch.Tensor, cfg: AugmentConfig, draws: torch.Tensor) -> t
         matrix = _colour_matrix(cfg, apply, draws[:, _N_DRAWS], draws[:, _N_DRAWS + 1]) if colour else None
         x = _jitter(x, cfg, apply, bright, contrast, matrix)
     if colour and cfg.grayscale_p > 0:
-        x = torch.where((draws[:, -1] < cfg.grayscale_p).view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
+        x = torch.where((draws[:, _N_DRAWS + 2] < cfg.grayscale_p).view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
     if cfg.blur_p > 0:
         x = _blur(x, cfg, blur < cfg.blur_p, sigma)
+    if cfg.erase_p > 0:
+        erase, area, log_ratio, pos_x, pos_y = draws[:, _N_DRAWS + colour * _N_COLOUR_DRAWS:].unbind(1)
+        x = _erase(x, cfg, erase < cfg.erase_p, area, log_ratio, pos_x, pos_y)
     return _standardize(x, cfg)
 
 
@@ -340,6 +350,33 @@ def _blur(x: torch.Tensor, cfg: AugmentConfig, apply: torch.Tensor, sigma: torch
     padded = F.pad(x.reshape(1, groups, height, width), (half, half, half, half), mode="reflect")
     rows = F.conv2d(padded, kernel.view(groups, 1, 1, -1), groups=groups)
     return F.conv2d(rows, kernel.view(groups, 1, -1, 1), groups=groups).view(batch, channels, height, width)
+
+
+def _erase(
+    x: torch.Tensor,
+    cfg: AugmentConfig,
+    apply: torch.Tensor,
+    area: torch.Tensor,
+    log_ratio: torch.Tensor,
+    pos_x: torch.Tensor,
+    pos_y: torch.Tensor,
+) -> torch.Tensor:
+    """Random erasing: where `apply`, the pixels whose centres fall in a rectangle of erase_scale of
+    the image's area (aspect ratio in erase_ratio, clamped to the image, anywhere inside it) take the
+    data's mean, which standardises to 0: torchvision's RandomErasing(value=0) after Normalize, but
+    with one draw per image where torchvision tries up to 10 times."""
+    height, width = x.shape[-2:]
+    area = _lerp(*cfg.erase_scale, area) * (height * width)
+    ratio = torch.exp(_lerp(math.log(cfg.erase_ratio[0]), math.log(cfg.erase_ratio[1]), log_ratio))
+    erase_h = torch.sqrt(area / ratio).clamp_(max=height)
+    erase_w = torch.sqrt(area * ratio).clamp_(max=width)
+    top, left = pos_y * (height - erase_h), pos_x * (width - erase_w)
+    centres_y = torch.arange(height, device=x.device, dtype=x.dtype) + 0.5
+    centres_x = torch.arange(width, device=x.device, dtype=x.dtype) + 0.5
+    rows = (centres_y >= top[:, None]) & (centres_y < (top + erase_h)[:, None])  # (B, H)
+    cols = (centres_x >= left[:, None]) & (centres_x < (left + erase_w)[:, None])  # (B, W)
+    mask = apply[:, None, None, None] & rows[:, None, :, None] & cols[:, None, None, :]  # (B, 1, H, W)
+    return torch.where(mask, per_channel(cfg.mean, x), x)
 
 
 @dataclass(frozen=True)
