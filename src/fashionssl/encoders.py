@@ -29,6 +29,51 @@ from torch import nn
 
 from .errors import UserError
 
+# The largest input patch (in_channels x kernel area) whose BatchNorm statistics conv_bn computes from
+# the input: a first layer on grey (9) or colour (27) images, never a layer inside the network.
+FOLD_MAX_PATCH = 27
+
+
+def conv_bn(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """bn(conv(x)), exactly, with training-mode BatchNorm folded into the convolution where the
+    convolution's input patches are small (an encoder's first layer).
+
+    BatchNorm's batch statistics of y = w . p + c over every patch p of the batch are moments of the
+    patches: mean w . E[p] + c and variance w^T Cov(p) w, where Cov(p) is only 9x9 for a 3x3 kernel on
+    grey images. So BN(y) = (gamma / sigma) w . p + beta - (gamma / sigma) w . E[p]: one convolution
+    with rescaled weights gives the normalised maps, and the separate BatchNorm passes over the
+    layer's output (the network's largest maps: 64 x 28 x 28 per view in `cnn-bn-wide`), forward and
+    backward, are gone. The same function of x, w, gamma and beta, so autograd gives the same
+    gradients; the running statistics move as BatchNorm moves them. Elsewhere (eval mode, our
+    SyncBatchNorm, large patches) it is plain bn(conv(x)).
+
+    Moments, statistics and the folded weights are computed in at least float32 outside autocast
+    (in bf16 the variance would lose most of its digits); the convolution itself runs as autocast says.
+    """
+    patch = conv.in_channels * math.prod(conv.kernel_size)
+    if not (bn.training and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
+            and bn.momentum is not None and conv.groups == 1 and patch <= FOLD_MAX_PATCH):
+        return bn(conv(x))
+    with torch.autocast(x.device.type, enabled=False):
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        patches = F.unfold(xf, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (B, patch, L)
+        count = patches.shape[0] * patches.shape[2]
+        patch_mean = patches.mean(dim=(0, 2))
+        centred = patches - patch_mean[:, None]
+        patch_cov = torch.einsum("bdl,bel->de", centred, centred) / count
+        w = conv.weight.flatten(1).to(xf.dtype)  # (out_channels, patch)
+        shift = conv.bias.to(xf.dtype) if conv.bias is not None else torch.zeros_like(bn.bias, dtype=xf.dtype)
+        mean = w @ patch_mean + shift
+        var = ((w @ patch_cov) * w).sum(1).clamp_min(0)  # biased, as BatchNorm normalises with
+        scale = bn.weight.to(xf.dtype) * torch.rsqrt(var + bn.eps)
+        weight = conv.weight.to(xf.dtype) * scale.view(-1, 1, 1, 1)
+        bias = bn.bias.to(xf.dtype) + scale * (shift - mean)  # the conv's bias cancels, as in BatchNorm
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
+        bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), bn.momentum)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)
+
 
 class ConvNet(nn.Module):
     """Three conv stages (32, 64, 128 channels, each halving the size: 28 -> 14 -> 7 -> 3), flattened,
@@ -36,11 +81,13 @@ class ConvNet(nn.Module):
 
     Each stage is conv, (BatchNorm,) max-pool, ReLU: the function of the usual conv, (BN,) ReLU,
     max-pool, exactly, outputs and gradients alike (ReLU is monotone, so it commutes with a maximum),
-    but ReLU's forward and backward then pass over a quarter of the pixels.
+    but ReLU's forward and backward then pass over a quarter of the pixels. The first stage's
+    convolution and BatchNorm run as one convolution in training (`conv_bn`).
     """
 
     def __init__(self, batch_norm: bool = False, fc_dim: int | None = 256, width: int = 32, in_channels: int = 1):
         super().__init__()
+        self.batch_norm = batch_norm
         layers: list[nn.Module] = []
         channels = [in_channels, width, 2 * width, 4 * width]
         for c_in, c_out in zip(channels, channels[1:]):
@@ -54,7 +101,10 @@ class ConvNet(nn.Module):
         self.feature_dim = fc_dim or flat_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (B, C, 3, 3) for 28x28 images
+        if self.batch_norm:
+            x = self.features[2:](conv_bn(self.features[0], self.features[1], x))
+        else:
+            x = self.features(x)  # (B, C, 3, 3) for 28x28 images
         if x.shape[-2:] != (3, 3):  # another size (16x16 multi-crop views: 2x2; 32x32: 4x4): same feature size
             x = F.adaptive_avg_pool2d(x, 3)
         return self.fc(x.flatten(1))  # (B, feature_dim)
@@ -92,7 +142,8 @@ class ResNet18(nn.Module):
         self.feature_dim = c_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.stem(x)).mean(dim=(2, 3))  # global average pool -> (B, 512)
+        stem = self.stem[2](conv_bn(self.stem[0], self.stem[1], x))  # = self.stem(x), see conv_bn
+        return self.blocks(stem).mean(dim=(2, 3))  # global average pool -> (B, 512)
 
 
 class Attention(nn.Module):
