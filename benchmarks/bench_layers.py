@@ -6,6 +6,9 @@ each instead of 4-9 (2-core Intel Xeon, 2026-12-05). Here each layer of `backbon
 with forward and backward hooks around it (wall clock; on the CPU every op is synchronous), and the
 step's forward, backward and optimizer as wholes (the training loop's step, `train.train_step`,
 split in three), over `--steps` steps after warm-up, in the configured precision and channels-last.
+Where the first stage's conv and BatchNorm run folded (`encoders.conv_bn`), neither module is called,
+so that stage is timed as one: from the backbone's start to the max-pool's, and from the end of the
+max-pool's backward to the end of the step's backward.
 
     .venv/bin/python benchmarks/bench_layers.py --encoder cnn --batch-size 256
 """
@@ -46,6 +49,7 @@ def main() -> None:
     timing = [False]
     seconds: dict[str, float] = defaultdict(float)
     started: dict[str, float] = {}
+    folded = model.backbone.batch_norm  # ConvNet runs conv_bn on its first stage when it has BatchNorm
     for i, layer in enumerate(model.backbone.features):
         name = f"{i:2d} {type(layer).__name__}"
         if isinstance(layer, torch.nn.ReLU):
@@ -64,6 +68,11 @@ def main() -> None:
         layer.register_forward_hook(stop(f"{name} forward"))
         layer.register_full_backward_pre_hook(start(f"{name} backward"))
         layer.register_full_backward_hook(stop(f"{name} backward"))
+    if folded:
+        pool = model.backbone.features[2]
+        model.backbone.register_forward_pre_hook(start("0-1 conv+BatchNorm folded forward"))
+        pool.register_forward_pre_hook(stop("0-1 conv+BatchNorm folded forward"))
+        pool.register_full_backward_hook(start("0-1 conv+BatchNorm folded backward"))
 
     def step() -> None:
         t0 = time.perf_counter()
@@ -74,6 +83,8 @@ def main() -> None:
         loss.backward()
         t2 = time.perf_counter()
         optimizer.step()
+        if timing[0] and folded:
+            seconds["0-1 conv+BatchNorm folded backward"] += t2 - started["0-1 conv+BatchNorm folded backward"]
         if timing[0]:
             seconds["step: forward"] += t1 - t0
             seconds["step: backward"] += t2 - t1
@@ -89,7 +100,8 @@ def main() -> None:
     print("| part | ms per step |\n|---|---:|")
     for key, total in sorted(seconds.items(), key=lambda kv: (not kv[0].startswith("step"), kv[0])):
         print(f"| {key} | {total / a.steps * 1000:.1f} |")
-    print("\n(The first layer's backward reads 0: its input needs no gradient, so the hook does not run.)")
+    if not folded:
+        print("\n(The first layer's backward reads 0: its input needs no gradient, so the hook does not run.)")
 
 
 if __name__ == "__main__":
