@@ -40,14 +40,14 @@ def load_sweep(path: str | Path) -> tuple[dict, dict[str, dict]]:
     base = load_toml(path, extra_keys=("trials",))
     trials = base.pop("trials", {})
     for name, trial in trials.items():
+        if not isinstance(trial, dict):
+            raise SystemExit(f"{path}: trial {name!r} is not a table of config keys")
         # `temperature-0.1 = {...}` is the key "temperature-0" holding the table "1": TOML splits bare
-        # keys at dots, so the trial's keys are no config keys but nested tables.
-        nested = [key for key, value in trial.items() if key not in FIELDS and isinstance(value, dict)] \
-            if isinstance(trial, dict) else []
-        if not isinstance(trial, dict) or nested:
-            dotted = f"{name}.{nested[0]}" if nested else name
-            raise SystemExit(f"{path}: trial {dotted!r} is not a table of config keys: a dot in a bare TOML "
-                             f"key makes a nested table; quote the name (\"{dotted}\" = {{...}})")
+        # keys at dots, so such a trial holds a nested table where config keys should be.
+        nested = next((key for key, value in trial.items() if key not in FIELDS and isinstance(value, dict)), None)
+        if nested is not None:
+            raise SystemExit(f"{path}: trial '{name}.{nested}' is not a table of config keys: a dot in a bare "
+                             f"TOML key makes a nested table; quote the name (\"{name}.{nested}\" = {{...}})")
         try:
             config = make_config(None, **{**base, **trial})
             augment.make_config(config.augment, **config.augment_options)

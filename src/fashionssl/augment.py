@@ -264,6 +264,18 @@ def _lerp(lo: float, hi: float, u: torch.Tensor) -> torch.Tensor:
     return lo + (hi - lo) * u
 
 
+def _box_sides(scale: tuple[float, float], ratio_range: tuple[float, float], area: torch.Tensor,
+               log_ratio: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample width and height, as fractions of the image's, of a box whose area fraction is drawn
+    from `scale` and whose aspect ratio (width / height, in pixels) log-uniformly from `ratio_range`,
+    as torchvision's RandomResizedCrop and RandomErasing draw them; clamped to the image's sides."""
+    area = _lerp(*scale, area)
+    ratio = torch.exp(_lerp(math.log(ratio_range[0]), math.log(ratio_range[1]), log_ratio))
+    # w_px * h_px = area * H * W, w_px / h_px = ratio.
+    return (torch.sqrt(area * ratio * (height / width)).clamp_(max=1),
+            torch.sqrt(area / ratio * (width / height)).clamp_(max=1))
+
+
 def _crop_flip(
     x: torch.Tensor,
     cfg: AugmentConfig,
@@ -274,11 +286,7 @@ def _crop_flip(
     flip: torch.Tensor,
 ) -> torch.Tensor:
     height, width = x.shape[-2:]
-    area = _lerp(*cfg.crop_scale, area)
-    ratio = torch.exp(_lerp(math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), log_ratio))
-    # Crop width/height as fractions of the image's: w_px * h_px = area * H * W, w_px / h_px = ratio.
-    crop_w = torch.sqrt(area * ratio * (height / width)).clamp_(max=1)
-    crop_h = torch.sqrt(area / ratio * (width / height)).clamp_(max=1)
+    crop_w, crop_h = _box_sides(cfg.crop_scale, cfg.crop_ratio, area, log_ratio, height, width)
     # grid_sample reads input coords in [-1, 1]: output pixel centres scaled by the crop size
     # (mirrored for flipped samples) plus a crop centre anywhere that keeps the crop inside.
     # The map is axis-aligned, so the grid is built by broadcasting; F.affine_grid gives the same
@@ -366,10 +374,8 @@ def _erase(
     data's mean, which standardises to 0: torchvision's RandomErasing(value=0) after Normalize, but
     with one draw per image where torchvision tries up to 10 times."""
     height, width = x.shape[-2:]
-    area = _lerp(*cfg.erase_scale, area) * (height * width)
-    ratio = torch.exp(_lerp(math.log(cfg.erase_ratio[0]), math.log(cfg.erase_ratio[1]), log_ratio))
-    erase_h = torch.sqrt(area / ratio).clamp_(max=height)
-    erase_w = torch.sqrt(area * ratio).clamp_(max=width)
+    erase_w, erase_h = _box_sides(cfg.erase_scale, cfg.erase_ratio, area, log_ratio, height, width)
+    erase_w, erase_h = erase_w * width, erase_h * height
     top, left = pos_y * (height - erase_h), pos_x * (width - erase_w)
     centres_y = torch.arange(height, device=x.device, dtype=x.dtype) + 0.5
     centres_x = torch.arange(width, device=x.device, dtype=x.dtype) + 0.5
