@@ -94,19 +94,15 @@ class ConvNet(nn.Module):
     convolution and BatchNorm run as one convolution in training (`conv_bn`).
     """
 
-    def __init__(self, batch_norm: bool = False, fc_dim: int | None = 256, width: int = 32, in_channels: int = 1,
-                 extra_convs: tuple[int, int, int] = (0, 0, 0)):
+    def __init__(self, batch_norm: bool = False, fc_dim: int | None = 256, width: int = 32, in_channels: int = 1):
         super().__init__()
         self.batch_norm = batch_norm
         layers: list[nn.Module] = []
         channels = [in_channels, width, 2 * width, 4 * width]
-        for c_in, c_out, extra in zip(channels, channels[1:], extra_convs):
-            for i in range(1 + extra):
-                if i:
-                    layers.append(nn.ReLU(inplace=True))
-                layers.append(nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=not batch_norm))
-                if batch_norm:
-                    layers.append(nn.BatchNorm2d(c_out))
+        for c_in, c_out in zip(channels, channels[1:]):
+            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
             layers += [nn.MaxPool2d(2), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         flat_dim = channels[-1] * 3 * 3
@@ -264,9 +260,6 @@ ENCODERS: dict[str, Callable[[int, int], nn.Module]] = {
     "cnn": lambda channels, size: ConvNet(batch_norm=False, in_channels=channels),
     "cnn-bn": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, in_channels=channels),
     "cnn-bn-wide": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, width=64, in_channels=channels),
-    "cnn-bn-deep": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, width=64, in_channels=channels, extra_convs=(0, 1, 1)),
-    "cnn-bn-deep3": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, width=64, in_channels=channels, extra_convs=(0, 0, 1)),
-    "cnn-bn-96": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, width=96, in_channels=channels),
     "resnet18": lambda channels, size: ResNet18(in_channels=channels),
     "vit-tiny": lambda channels, size: VisionTransformer(VIT_PATCH, image_size=size, in_channels=channels),
 }
