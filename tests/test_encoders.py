@@ -3,11 +3,11 @@ and the reference blog's parameter count."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
-
-import copy
 
 from fashionssl import encoders as encoders_module
 from fashionssl.encoders import ENCODERS, build_encoder, conv_bn
