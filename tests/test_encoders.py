@@ -7,10 +7,11 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fashionssl import encoders as encoders_module
-from fashionssl.encoders import ENCODERS, build_encoder, conv_bn
+from fashionssl.encoders import ENCODERS, build_encoder, conv_bn, conv_patches
 from fashionssl.errors import UserError
 
 
@@ -77,6 +78,13 @@ def test_pool_before_relu_is_exactly_the_usual_stage(name, precision, layout):
         results.append([out, inputs.grad, *(p.grad.clone() for p in net.features.parameters())])
     for fast, plain in zip(*results, strict=True):
         torch.testing.assert_close(fast, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kernel, dilation, stride", [(3, 1, 1), (3, 2, 1), (3, 1, 2), ((2, 3), (1, 2), (2, 1))])
+def test_conv_patches_are_unfolds_patches(kernel, dilation, stride):
+    x = torch.randn(2, 3, 9, 10).contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(3, 4, kernel, stride, dilation=dilation)
+    torch.testing.assert_close(conv_patches(x, conv), F.unfold(x, kernel, dilation, 0, stride), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("channels, bias", [(1, False), (1, True), (3, False)])

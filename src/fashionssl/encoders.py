@@ -34,6 +34,19 @@ from .errors import UserError
 FOLD_MAX_PATCH = 27
 
 
+def conv_patches(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """The input patches `conv` multiplies with its weights, of an already padded x: (B, C * kh * kw, L),
+    ordered as F.unfold orders them. Stacked from kh * kw strided slices of a contiguous copy, which
+    took a third to a quarter of F.unfold's time on a batch of first-layer inputs (1024 x 1 x 30 x 30,
+    2-core Intel Xeon, 2026-12-06)."""
+    x = x.contiguous()
+    (kh, kw), (dh, dw), (sh, sw) = conv.kernel_size, conv.dilation, conv.stride
+    rows, cols = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    slices = [x[:, :, i * dh:i * dh + (rows - 1) * sh + 1:sh, j * dw:j * dw + (cols - 1) * sw + 1:sw]
+              for i in range(kh) for j in range(kw)]
+    return torch.stack(slices, 2).flatten(1, 2).flatten(2)
+
+
 def conv_bn(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
     """bn(conv(x)), exactly, with training-mode BatchNorm folded into the convolution where the
     convolution's input patches are small (an encoder's first layer).
@@ -62,12 +75,11 @@ def conv_bn(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm, x: torch.Tenso
         channel_mean = xf.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
         pad_w, pad_h = conv.padding[1], conv.padding[0]
         shifted = F.pad(xf, (pad_w, pad_w, pad_h, pad_h)) - channel_mean
-        patches = F.unfold(shifted, conv.kernel_size, conv.dilation, 0, conv.stride)  # (B, patch, L)
+        patches = conv_patches(shifted, conv)  # (B, patch, L)
         count = patches.shape[0] * patches.shape[2]
         # The patches' mean from the batch's sum image (a pass over one image, not over the patches),
         # their covariance from one batched matmul of (patch, L) blocks (an einsum took 10x longer).
-        shifted_mean = F.unfold(shifted.sum(0, keepdim=True), conv.kernel_size, conv.dilation, 0,
-                                conv.stride).sum(dim=(0, 2)) / count
+        shifted_mean = conv_patches(shifted.sum(0, keepdim=True), conv).sum(dim=(0, 2)) / count
         patch_cov = (patches @ patches.transpose(1, 2)).sum(0) / count - torch.outer(shifted_mean, shifted_mean)
         patch_mean = shifted_mean + channel_mean.flatten().repeat_interleave(math.prod(conv.kernel_size))
         w = conv.weight.flatten(1).to(xf.dtype)  # (out_channels, patch)
