@@ -7,7 +7,8 @@ chosen between without touching the test set.
 Rows: the frozen linear probe fitted on the labelled training subset at each weight decay; kNN with
 that subset as the bank at several k; the label-efficiency routine's fine-tuning of the encoder and
 its from-scratch baseline (`label_efficiency.train_classifier`, the settings of `evaluate
---label-fractions --finetune`).
+--label-fractions --finetune`); the fine-tuned classifier distilled into the pretrained encoder over
+every training image, labelled or not (`distill`), for each of `--distill-steps`.
 """
 
 import argparse
@@ -15,6 +16,11 @@ import copy
 import dataclasses
 import time
 
+import torch
+from torch import nn
+
+from fashionssl.augment import AugmentConfig
+from fashionssl.data import Split
 from fashionssl.device import autocast_dtype, resolve_device
 from fashionssl.evaluate import load_data_for, load_trained
 from fashionssl.label_efficiency import (FINETUNE_AUGMENT, LabelFractions, classifier_accuracy, label_subsets,
@@ -25,11 +31,26 @@ WEIGHT_DECAYS = (10, 3, 1, 0.3, 0.1, 0.03, 0.01, 1e-3)
 KNN_K = (10, 20, 50)
 
 
+def distill(teacher: nn.Module, student: nn.Module, images: torch.Tensor, class_names: tuple[str, ...],
+            aug: AugmentConfig, train_aug: AugmentConfig, device: torch.device, settings: LabelFractions,
+            amp: torch.dtype | None = None) -> nn.Sequential:
+    """SimCLRv2's third step (Chen et al., 2020, "Big self-supervised models are strong
+    semi-supervised learners"): the fine-tuned classifier `teacher` gives every image of `images`
+    (labelled or not) its class probabilities, and `student` (modified in place) with a new linear
+    head learns them by `train_classifier`: cross entropy to the teacher's distribution at
+    temperature 1, with no term for the few true labels, which the paper found unneeded when labels
+    are scarce. The teacher sees each image once, unaugmented; the student sees `train_aug` views."""
+    probabilities = torch.softmax(extract_features(teacher, images, aug, device, autocast_dtype=amp), 1)
+    return train_classifier(student, Split(images, probabilities.cpu()), class_names, train_aug, device, settings,
+                            amp, desc="distill")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--fraction", type=float, default=0.01)
     p.add_argument("--data", "--data-dir", dest="data")
+    p.add_argument("--distill-steps", default="", help="comma list of distillation step counts (none by default)")
     a = p.parse_args()
     trained = load_trained(a.run_dir)
     cfg, model, epochs = trained.config, trained.model, trained.epochs
@@ -55,9 +76,16 @@ def main() -> None:
 
     settings = LabelFractions((a.fraction,), finetune=True)
     train_aug = dataclasses.replace(aug, **FINETUNE_AUGMENT)
+    classifiers = {}
     for name, start in (("fine-tuned", copy.deepcopy(backbone)), ("from scratch", reinitialised(backbone, settings.seed))):
-        classifier = train_classifier(start, train, data.info.class_names, train_aug, device, settings, amp, desc=name)
-        print(f"| {name} ({settings.steps} steps) | {100 * classifier_accuracy(classifier, data.val, aug, device, amp):.2f}% |")
+        classifiers[name] = train_classifier(start, train, data.info.class_names, train_aug, device, settings, amp, desc=name)
+        print(f"| {name} ({settings.steps} steps) | "
+              f"{100 * classifier_accuracy(classifiers[name], data.val, aug, device, amp):.2f}% |")
+    for steps in (int(s) for s in a.distill_steps.split(",") if s):
+        student = distill(classifiers["fine-tuned"], copy.deepcopy(backbone), data.train.images, data.info.class_names,
+                          aug, train_aug, device, dataclasses.replace(settings, steps=steps), amp)
+        print(f"| fine-tuned, then distilled on all {len(data.train)} training images ({steps} steps) | "
+              f"{100 * classifier_accuracy(student, data.val, aug, device, amp):.2f}% |")
 
 
 if __name__ == "__main__":

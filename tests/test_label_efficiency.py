@@ -1,10 +1,13 @@
 """Tests for fashionssl.label_efficiency: stratified, nested, seeded label subsets; fraction parsing
-and its CLI errors; fine-tuning from a random initialisation; and one small real run of
-`evaluate --label-fractions --finetune` that must produce every result key."""
+and its CLI errors; fine-tuning from a random initialisation; training on class probabilities, as
+the low-label study's distillation does; and one small real run of `evaluate --label-fractions
+--finetune` that must produce every result key."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +27,9 @@ from fashionssl.label_efficiency import (
     stratified_subset,
     train_classifier,
 )
+from fashionssl.methods.supervised import Supervised
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # No single_thread here: the shared `trained_run` may be built by this module, and test_train checks
 # that a rerun with the default thread count reproduces it bit for bit.
@@ -118,6 +124,39 @@ def test_training_from_scratch_changes_the_weights_and_beats_chance(small_data):
     assert all(not torch.equal(p, q) for p, q in zip(before, backbone.parameters()))
     test = Split(small_data.test.images[:500], small_data.test.labels[:500])
     assert classifier_accuracy(model, test, aug, torch.device("cpu")) > 0.4  # chance: 0.1; measured 0.69
+
+
+class ConstantTeacher(torch.nn.Module):
+    """Calls every image class 3, whatever its label."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return 10 * torch.nn.functional.one_hot(torch.full((len(images),), 3), 10).float()
+
+
+def load_bench_low_label():
+    spec = importlib.util.spec_from_file_location("bench_low_label", ROOT / "benchmarks" / "bench_low_label.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_distillation_learns_the_teachers_labels_not_the_true_ones(small_data):
+    distill = load_bench_low_label().distill  # SimCLRv2's distillation, a variant of the low-label study
+    images = small_data.train.images[:500]
+    aug = make_config("default", crop_scale=(0.5, 1.0), blur_p=0.0)
+    student = distill(ConstantTeacher(), reinitialised(build_encoder("cnn-bn"), seed=0), images, FASHION_MNIST_CLASSES,
+                      aug, aug, torch.device("cpu"), LabelFractions((1.0,), steps=20, batch_size=64))
+    test = Split(small_data.test.images[:500], torch.full((500,), 3))
+    assert classifier_accuracy(student, test, aug, torch.device("cpu")) > 0.95  # 10% of the true labels are 3
+
+
+def test_supervised_takes_class_probabilities_as_labels():
+    model = Supervised(build_encoder("cnn-bn"), FASHION_MNIST_CLASSES)
+    views, labels = [torch.randn(8, 1, 28, 28)], torch.arange(8)
+    hard_loss, hard_logs = model(views, labels)
+    soft_loss, soft_logs = model(views, torch.nn.functional.one_hot(labels, 10).float())
+    torch.testing.assert_close(soft_loss, hard_loss)
+    assert soft_logs["train_acc"] == hard_logs["train_acc"]
 
 
 def test_evaluate_with_label_fractions_writes_every_key(trained_run, tmp_path):

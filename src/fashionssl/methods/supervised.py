@@ -1,7 +1,7 @@
 """Supervised reference: the same encoder and augmentation, trained with the labels.
 
-Cross entropy of a linear classifier on the backbone's features, one augmented view per image. It
-is the upper reference the self-supervised methods are compared with; tables mark it as using labels.
+Cross entropy of a linear classifier on the backbone's features, one augmented view per image. The
+labels are class indices, or class probabilities (a teacher's, for distillation). It is the upper reference the self-supervised methods are compared with; tables mark it as using labels.
 """
 
 import torch.nn.functional as F
@@ -29,4 +29,5 @@ class Supervised(Method):
     def forward(self, views, labels):
         logits = self.classifier(self.backbone(views[0]))  # (N, classes)
         loss = F.cross_entropy(at_least_float32(logits), labels, label_smoothing=self.label_smoothing)
-        return loss, {"train_acc": (logits.detach().argmax(1) == labels).float().mean()}
+        classes = labels if labels.dim() == 1 else labels.argmax(1)  # soft labels: their most likely class
+        return loss, {"train_acc": (logits.detach().argmax(1) == classes).float().mean()}
