@@ -8,6 +8,7 @@ data directory) take seconds instead of minutes.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -49,6 +50,21 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
     path.write_bytes(header + array.tobytes())
+
+
+@pytest.fixture
+def benchmark_script(monkeypatch):
+    """Loads a script of benchmarks/ by name as a module, to test its functions; benchmarks/ goes on
+    sys.path, as when the script runs (sweep.py imports validation_scores)."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,7 @@ the low-label study's distillation does; and one small real run of `evaluate --l
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,8 +26,6 @@ from fashionssl.label_efficiency import (
     train_classifier,
 )
 from fashionssl.methods.supervised import Supervised
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # No single_thread here: the shared `trained_run` may be built by this module, and test_train checks
 # that a rerun with the default thread count reproduces it bit for bit.
@@ -133,15 +129,8 @@ class ConstantTeacher(torch.nn.Module):
         return 10 * torch.nn.functional.one_hot(torch.full((len(images),), 3), 10).float()
 
 
-def load_bench_low_label():
-    spec = importlib.util.spec_from_file_location("bench_low_label", ROOT / "benchmarks" / "bench_low_label.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_distillation_learns_the_teachers_labels_not_the_true_ones(small_data):
-    distill = load_bench_low_label().distill  # SimCLRv2's distillation, a variant of the low-label study
+def test_distillation_learns_the_teachers_labels_not_the_true_ones(small_data, benchmark_script):
+    distill = benchmark_script("bench_low_label").distill  # SimCLRv2's distillation, a variant of the low-label study
     images = small_data.train.images[:500]
     aug = make_config("default", crop_scale=(0.5, 1.0), blur_p=0.0)
     student = distill(ConstantTeacher(), reinitialised(build_encoder("cnn-bn"), seed=0), images, FASHION_MNIST_CLASSES,

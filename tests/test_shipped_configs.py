@@ -3,7 +3,6 @@ stale key in one would otherwise surface only after someone had started an hour-
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -40,17 +39,9 @@ def test_run_configs_validate(name):
     check(make_config(ROOT / "configs" / name))
 
 
-def load_sweep_script(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run: it imports validation_scores
-    spec = importlib.util.spec_from_file_location("sweep", ROOT / "benchmarks" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "sweeps").glob("*.toml")), ids=lambda p: p.name)
-def test_every_sweep_trial_validates(path, monkeypatch):
-    _, trials = load_sweep_script(monkeypatch).load_sweep(path)  # checks every trial's config and augmentation
+def test_every_sweep_trial_validates(path, benchmark_script):
+    _, trials = benchmark_script("sweep").load_sweep(path)  # checks every trial's config and augmentation
     assert trials
 
 
@@ -58,9 +49,9 @@ def test_every_sweep_trial_validates(path, monkeypatch):
     ('[trials]\ntemperature-0.1 = {method_options = {temperature = 0.1}}\n', "'temperature-0.1' is not a table"),
     ('[trials]\nshort = {epoch = 3}\n', "trial 'short': unknown config key 'epoch'"),
 ])
-def test_a_bad_sweep_trial_is_named_without_a_traceback(text, says, tmp_path, monkeypatch):
+def test_a_bad_sweep_trial_is_named_without_a_traceback(text, says, tmp_path, benchmark_script):
     path = tmp_path / "sweep.toml"
     path.write_text(text)
     with pytest.raises(SystemExit) as exit:
-        load_sweep_script(monkeypatch).load_sweep(path)
+        benchmark_script("sweep").load_sweep(path)
     assert says in str(exit.value)

@@ -1,7 +1,8 @@
 """Supervised reference: the same encoder and augmentation, trained with the labels.
 
 Cross entropy of a linear classifier on the backbone's features, one augmented view per image. The
-labels are class indices, or class probabilities (a teacher's, for distillation). It is the upper reference the self-supervised methods are compared with; tables mark it as using labels.
+labels are class indices, or class probabilities (a teacher's, for distillation). It is the upper
+reference the self-supervised methods are compared with; tables mark it as using labels.
 """
 
 import torch.nn.functional as F
