@@ -7,8 +7,13 @@ chosen between without touching the test set.
 Rows: the frozen linear probe fitted on the labelled training subset at each weight decay; kNN with
 that subset as the bank at several k; the label-efficiency routine's fine-tuning of the encoder and
 its from-scratch baseline (`label_efficiency.train_classifier`, the settings of `evaluate
---label-fractions --finetune`); the fine-tuned classifier distilled into the pretrained encoder over
-every training image, labelled or not (`distill`), for each of `--distill-steps`.
+--label-fractions --finetune`); on request, variants of that routine: other lrs and step counts,
+the head started from the best probe's solution (LP-FT), BatchNorm's statistics recomputed after
+training, and the fine-tuned classifier distilled into the pretrained encoder over every training
+image, labelled or not (`distill`).
+
+    .venv/bin/python benchmarks/bench_low_label.py runs/main-fold --distill-steps 500,2000 \
+        --finetune-lrs 3e-4,1e-4 --finetune-steps 1500 --lp-ft-lrs 1e-3,3e-4,1e-4 --recalibrate
 """
 
 import argparse
@@ -19,13 +24,14 @@ import time
 import torch
 from torch import nn
 
-from fashionssl.augment import AugmentConfig
+from fashionssl.augment import AugmentConfig, normalize
 from fashionssl.data import Split
 from fashionssl.device import autocast_dtype, resolve_device
 from fashionssl.evaluate import load_data_for, load_trained
 from fashionssl.label_efficiency import (FINETUNE_AUGMENT, LabelFractions, classifier_accuracy, label_subsets,
                                          reinitialised, take, train_classifier)
-from fashionssl.probe import accuracy, extract_features, fit_linear_classifier, knn_predict, standardize
+from fashionssl.probe import (accuracy, extract_features, feature_statistics, fit_linear_classifier, knn_predict,
+                              standardize)
 
 WEIGHT_DECAYS = (10, 3, 1, 0.3, 0.1, 0.03, 0.01, 1e-3)
 KNN_K = (10, 20, 50)
@@ -45,12 +51,39 @@ def distill(teacher: nn.Module, student: nn.Module, images: torch.Tensor, class_
                             amp, desc="distill")
 
 
+@torch.no_grad()
+def recalibrated(classifier: nn.Module, images: torch.Tensor, aug: AugmentConfig, device: torch.device,
+                 amp: torch.dtype | None = None) -> nn.Module:
+    """A copy of `classifier` whose BatchNorm running statistics are recomputed over `images`,
+    unaugmented (the average of batches of 1024): training left statistics of augmented views."""
+    model = copy.deepcopy(classifier)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the batches
+    model.train()
+    for start in range(0, len(images), 1024):
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            model(normalize(images[start:start + 1024].to(device), aug).contiguous(memory_format=torch.channels_last))
+    return model.eval()
+
+
+def numbers(text: str, kind: type) -> list:
+    return [kind(part) for part in text.split(",") if part]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--fraction", type=float, default=0.01)
     p.add_argument("--data", "--data-dir", dest="data")
     p.add_argument("--distill-steps", default="", help="comma list of distillation step counts (none by default)")
+    p.add_argument("--finetune-lrs", default="", help="comma list of other fine-tuning lrs, at the routine's steps")
+    p.add_argument("--finetune-steps", default="", help="comma list of other fine-tuning step counts, at its lr")
+    p.add_argument("--lp-ft-lrs", default="", help="comma list of lrs to fine-tune at from the best probe's head")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="also score the fine-tuned and scratch classifiers with BatchNorm statistics recomputed "
+                        "on the unaugmented labelled images, and on all training images")
     a = p.parse_args()
     trained = load_trained(a.run_dir)
     cfg, model, epochs = trained.config, trained.model, trained.epochs
@@ -67,10 +100,12 @@ def main() -> None:
 
     features = [extract_features(backbone, s.images, aug, device, autocast_dtype=amp) for s in (train, data.val)]
     x, val_x = standardize(*features)
-    y, previous = train.labels.to(device), None
+    y, previous, best = train.labels.to(device), None, (-1.0, None)
     for wd in WEIGHT_DECAYS:  # strong to weak, each fit warm-started from the previous one
         previous = fit_linear_classifier(x, y, wd, len(data.info.class_names), init=previous)
-        print(f"| frozen probe, weight decay {wd:g} | {100 * accuracy(previous(val_x).argmax(1), val_y):.2f}% |")
+        val_acc = accuracy(previous(val_x).argmax(1), val_y)
+        best = max(best, (val_acc, previous), key=lambda pair: pair[0])
+        print(f"| frozen probe, weight decay {wd:g} | {100 * val_acc:.2f}% |")
     for k in KNN_K:  # cosine similarity of the raw features, as evaluation's kNN
         print(f"| kNN, k = {k} | {100 * accuracy(knn_predict(features[0], y, features[1], k=k), val_y):.2f}% |")
 
@@ -81,7 +116,31 @@ def main() -> None:
         classifiers[name] = train_classifier(start, train, data.info.class_names, train_aug, device, settings, amp, desc=name)
         print(f"| {name} ({settings.steps} steps) | "
               f"{100 * classifier_accuracy(classifiers[name], data.val, aug, device, amp):.2f}% |")
-    for steps in (int(s) for s in a.distill_steps.split(",") if s):
+    if a.recalibrate:
+        for name, classifier in classifiers.items():
+            for what, images in ((f"the {len(train)} labelled", train.images), (f"all {len(data.train)} training",
+                                                                                data.train.images)):
+                model = recalibrated(classifier, images, aug, device, amp)
+                print(f"| {name}, BatchNorm statistics recomputed on {what} images | "
+                      f"{100 * classifier_accuracy(model, data.val, aug, device, amp):.2f}% |")
+    variants = ([(f"fine-tuned, lr {lr:g} ({settings.steps} steps)", dataclasses.replace(settings, lr=lr), None)
+                 for lr in numbers(a.finetune_lrs, float)]
+                + [(f"fine-tuned ({steps} steps)", dataclasses.replace(settings, steps=steps), None)
+                   for steps in numbers(a.finetune_steps, int)])
+    if a.lp_ft_lrs:
+        # The best probe's layer, undone from standardised to raw features: the head's starting point.
+        mean, std = feature_statistics(features[0])
+        head = nn.Linear(x.shape[1], len(data.info.class_names)).to(device)
+        with torch.no_grad():
+            head.weight.copy_(best[1].weight / std)
+            head.bias.copy_(best[1].bias - head.weight @ mean)
+        variants += [(f"LP-FT: fine-tuned from the best probe's head, lr {lr:g} ({settings.steps} steps)",
+                      dataclasses.replace(settings, lr=lr), head) for lr in numbers(a.lp_ft_lrs, float)]
+    for name, variant, head in variants:
+        classifier = train_classifier(copy.deepcopy(backbone), train, data.info.class_names, train_aug, device,
+                                      variant, amp, desc=name, head=head)
+        print(f"| {name} | {100 * classifier_accuracy(classifier, data.val, aug, device, amp):.2f}% |")
+    for steps in numbers(a.distill_steps, int):
         student = distill(classifiers["fine-tuned"], copy.deepcopy(backbone), data.train.images, data.info.class_names,
                           aug, train_aug, device, dataclasses.replace(settings, steps=steps), amp)
         print(f"| fine-tuned, then distilled on all {len(data.train)} training images ({steps} steps) | "

@@ -13,7 +13,7 @@ import torch
 from fashionssl.cli import main
 from fashionssl.data import FASHION_MNIST_CLASSES, Split, load_dataset
 from fashionssl.encoders import build_encoder
-from fashionssl.augment import make_config
+from fashionssl.augment import make_config, normalize
 from fashionssl.errors import UserError
 from fashionssl.evaluate import evaluate_checkpoint, results_table
 from fashionssl.label_efficiency import (
@@ -137,6 +137,31 @@ def test_distillation_learns_the_teachers_labels_not_the_true_ones(small_data, b
                       aug, aug, torch.device("cpu"), LabelFractions((1.0,), steps=20, batch_size=64))
     test = Split(small_data.test.images[:500], torch.full((500,), 3))
     assert classifier_accuracy(student, test, aug, torch.device("cpu")) > 0.95  # 10% of the true labels are 3
+
+
+def test_the_head_starts_from_a_given_layer(small_data):
+    head = torch.nn.Linear(1152, 10)
+    train = Split(small_data.train.images[:64], small_data.train.labels[:64])
+    aug = make_config("default", crop_scale=(0.5, 1.0), blur_p=0.0)
+    settings = LabelFractions((1.0,), steps=1, batch_size=64, lr=1e-12)  # one step that barely moves it
+    model = train_classifier(build_encoder("cnn-bn"), train, FASHION_MNIST_CLASSES, aug, torch.device("cpu"), settings,
+                             head=head)
+    torch.testing.assert_close(model[1].weight, head.weight)
+    torch.testing.assert_close(model[1].bias, head.bias)
+    fresh = train_classifier(build_encoder("cnn-bn"), train, FASHION_MNIST_CLASSES, aug, torch.device("cpu"), settings)
+    assert not torch.allclose(fresh[1].weight, head.weight)
+
+
+def test_recalibrated_batchnorm_holds_the_statistics_of_the_images(small_data, benchmark_script):
+    recalibrated = benchmark_script("bench_low_label").recalibrated
+    classifier = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    images = small_data.train.images[:1500]  # two batches of the recalibration: 1024 and 476
+    aug = make_config("default")
+    model = recalibrated(classifier, images, aug, torch.device("cpu"))
+    assert not model.training and classifier[1].running_mean.abs().sum() == 0  # the original is untouched
+    outputs = [classifier[0](normalize(images[s:s + 1024], aug)) for s in (0, 1024)]
+    expected = torch.stack([o.mean(dim=(0, 2, 3)) for o in outputs]).mean(0)  # the average of the batches' means
+    torch.testing.assert_close(model[1].running_mean, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_supervised_takes_class_probabilities_as_labels():

@@ -168,11 +168,14 @@ def batch_indices(n: int, steps: int, batch_size: int, generator: torch.Generato
 
 def train_classifier(backbone: nn.Module, train: Split, class_names: tuple[str, ...], aug: augment.AugmentConfig,
                      device: torch.device, settings: LabelFractions, autocast_dtype: torch.dtype | None = None,
-                     desc: str = "fine-tune") -> nn.Sequential:
+                     desc: str = "fine-tune", head: nn.Linear | None = None) -> nn.Sequential:
     """Train `backbone` (modified in place) and a new linear head over `class_names` together on
     `train`: the `supervised` method, stepped by the training loop's own `train_step`; returns the
-    classifier (backbone, head) in eval mode, mapping images to logits."""
+    classifier (backbone, head) in eval mode, mapping images to logits. `head`, if given, is where
+    the new head starts (a linear probe's solution: LP-FT) instead of a random initialisation."""
     model = seeded(settings.seed, lambda: Supervised(backbone, class_names))
+    if head is not None:
+        model.classifier.load_state_dict(head.state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("adamw", model, settings.lr, settings.weight_decay)
     lrs = warmup_cosine(settings.lr, settings.steps, settings.steps // 20).tolist()

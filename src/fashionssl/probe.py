@@ -104,9 +104,14 @@ def fit_linear_classifier(x: torch.Tensor, y: torch.Tensor, weight_decay: float,
     return layer.requires_grad_(False)
 
 
+def feature_statistics(fit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each feature's mean and standard deviation over `fit` (at least 1e-6), as `standardize` uses them."""
+    return fit.mean(0), fit.std(0).clamp_min(1e-6)
+
+
 def standardize(fit: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     """Scale every feature to zero mean and unit variance using statistics of `fit` alone."""
-    mean, std = fit.mean(0), fit.std(0).clamp_min(1e-6)
+    mean, std = feature_statistics(fit)
     return [(t - mean) / std for t in (fit, *others)]
 
 
