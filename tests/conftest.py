@@ -20,15 +20,18 @@ import torch
 from fashionssl.augment import make_config
 from fashionssl.config import Config
 from fashionssl.data import CLASSES_FILE, FASHION_MNIST_CLASSES, FASHION_MNIST_INFO, FILES, find_data_dir, load_dataset, read_idx
+from fashionssl import kernels
 from fashionssl.encoders import build_encoder
 from fashionssl.probe import accuracy, extract_features, knn_predict
 
 
 def pytest_configure(config):
     """Under pytest-xdist (`make test`), each worker takes its share of the intra-op threads, so
-    that the workers do not spin-wait on each other's cores."""
+    that the workers do not spin-wait on each other's cores. The first process builds the C++
+    kernel, so that no test's subprocess prints that it is building it."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    kernels.cpu_lanes()  # builds the C++ kernel (once per machine) before any test or subprocess needs it
 
 
 @pytest.fixture(scope="module")

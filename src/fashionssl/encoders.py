@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .kernels import max_pool_relu
 
 # The largest input patch (in_channels x kernel area) whose BatchNorm statistics conv_bn computes from
 # the input: a first layer on grey (9) or colour (27) images, never a layer inside the network.
@@ -104,7 +105,8 @@ class ConvNet(nn.Module):
     Each stage is conv, (BatchNorm,) max-pool, ReLU: the function of the usual conv, (BN,) ReLU,
     max-pool, exactly, outputs and gradients alike (ReLU is monotone, so it commutes with a maximum),
     but ReLU's forward and backward then pass over a quarter of the pixels. The first stage's
-    convolution and BatchNorm run as one convolution in training (`conv_bn`).
+    convolution and BatchNorm run as one convolution in training (`conv_bn`), and each stage's
+    max-pool and ReLU as one C++ kernel on the CPU (`kernels.max_pool_relu`).
     """
 
     def __init__(self, batch_norm: bool = False, fc_dim: int | None = 256, width: int = 32, in_channels: int = 1):
@@ -123,12 +125,13 @@ class ConvNet(nn.Module):
         self.feature_dim = fc_dim or flat_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.batch_norm:
-            x = self.features[2:](conv_bn(self.features[0], self.features[1], x))
-        else:
-            x = self.features(x)  # (B, C, 3, 3) for 28x28 images
+        per_stage = 4 if self.batch_norm else 3  # conv, (BN,) max-pool, ReLU
+        for first in range(0, len(self.features), per_stage):
+            conv, *norm, pool, _ = self.features[first:first + per_stage]
+            x = conv_bn(conv, norm[0], x) if norm else conv(x)
+            x = max_pool_relu(pool, x)  # the stage's pool and ReLU in one pass where it can
         if x.shape[-2:] != (3, 3):  # another size (16x16 multi-crop views: 2x2; 32x32: 4x4): same feature size
-            x = F.adaptive_avg_pool2d(x, 3)
+            x = F.adaptive_avg_pool2d(x, 3)  # (B, C, 3, 3) for 28x28 images
         return self.fc(x.flatten(1))  # (B, feature_dim)
 
 
