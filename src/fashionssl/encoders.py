@@ -131,7 +131,7 @@ class ConvNet(nn.Module):
             x = conv_bn(conv, norm[0], x) if norm else conv(x)
             x = max_pool_relu(pool, x)  # the stage's pool and ReLU in one pass where it can
         if x.shape[-2:] != (3, 3):  # another size (16x16 multi-crop views: 2x2; 32x32: 4x4): same feature size
-            x = F.adaptive_avg_pool2d(x, 3)  # (B, C, 3, 3) for 28x28 images
+            x = F.adaptive_avg_pool2d(x, 3)  # (B, C, 3, 3), as 28x28 images give
         return self.fc(x.flatten(1))  # (B, feature_dim)
 
 
