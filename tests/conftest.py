@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,15 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler, whatever the suite inherited (a suite started in the background
+    ignores SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 SMALL_TRAIN = 3000  # official training images kept in the small data directory

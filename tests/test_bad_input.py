@@ -247,6 +247,35 @@ def test_interrupted_fixture_resumes_to_completion(interrupted_run, tmp_path):
 
 # --- Ctrl-C ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("target, name", [(torch, "save"), (MetricsLog, "log")], ids=["torch.save", "metrics log"])
+def test_ctrl_c_inside_a_write_stops_the_run_after_it(tmp_path, interrupted_run, monkeypatch, capsys, python_sigint,
+                                                      target, name):
+    """SIGINT landing inside torch.save (a KeyboardInterrupt there broke the zip writer: exit 1 with
+    a traceback) or inside the metrics/TensorBoard log (one there hung the writer thread's close):
+    the write completes, and the run stops before its next step with the one-line Ctrl-C exit."""
+    out = tmp_path / "run"
+    shutil.copytree(interrupted_run, out)
+    original, completed = getattr(target, name), []
+
+    def interrupted(*args, **kwargs):
+        if not completed:
+            signal.raise_signal(signal.SIGINT)
+        original(*args, **kwargs)
+        completed.append(name)
+
+    monkeypatch.setattr(target, name, interrupted)
+    code = main(["pretrain", "--resume", str(out)])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert completed == [name], completed  # the write finished, and no other ran after it
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fashionssl: error: interrupted in epoch"), err
+    saved = load_checkpoint(out)["epoch"]
+    assert f"(after epoch {saved}; resume with --resume {out})" in lines[0]
+    assert not list(out.glob(".checkpoint.pt.*"))
+
+
 LONG_EPOCHS = 1000
 
 def test_ctrl_c_exits_130_with_one_line_and_keeps_a_resumable_checkpoint(tmp_path, interrupted_run):

@@ -29,6 +29,7 @@ from .device import autocast_dtype, keep_freed_host_memory, resolve_device
 from .distributed import (is_main_process, main_process_decides, mean_over_ranks, process_device,
                           rank, shard_batches, sync_batchnorm, world_size)
 from .errors import UserError
+from .interrupt import CtrlC
 from .methods import Method, build_model, method_options
 from .optim import build_optimizer
 from .probe import accuracy, extract_features, knn_predict
@@ -255,6 +256,7 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
     # Process-wide, so it is switched off again when training ends; so is the host memory policy.
     torch.set_flush_denormal(True)
     restore_host_memory = keep_freed_host_memory(device)
+    ctrl_c = CtrlC()  # stops the run between steps (interrupt.py says why)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
@@ -266,6 +268,7 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
             window: list[dict[str, torch.Tensor]] = []  # the steps' values not read yet
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
             for i in range(steps_per_epoch):
+                ctrl_c.raise_if_pressed()
                 step = epoch * steps_per_epoch + i
                 index = order[i * batch:(i + 1) * batch]
                 views = augment.views(images[index], aug, aug_generator, model.view_spec)
@@ -318,9 +321,12 @@ def pretrain(cfg: Config | None = None, resume: str | Path | None = None) -> Pat
             bar.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
             for warning in model.epoch_warnings(summary):
                 bar.write(f"warning: {warning}")
+        ctrl_c.raise_if_pressed()  # pressed after the last step: no evaluation follows
     except KeyboardInterrupt:  # Ctrl-C: say where the completed epochs are
-        raise KeyboardInterrupt(f"interrupted in epoch {saved_epoch + 1}. {last_good(run_dir, saved_epoch)}") from None
+        when = f"in epoch {saved_epoch + 1}" if saved_epoch < cfg.epochs else "after the last epoch"
+        raise KeyboardInterrupt(f"interrupted {when}. {last_good(run_dir, saved_epoch)}") from None
     finally:
+        ctrl_c.restore()
         torch.set_flush_denormal(False)
         restore_host_memory()
         bar.close()
