@@ -41,9 +41,11 @@ WORLD = 2
 PER_RANK = 8  # images per process; the single process gets WORLD * PER_RANK
 
 # Methods whose distributed steps must equal the single-process steps, with the options they run
-# with here. Adding a method is one line (views come from `global_views`, whatever the method needs).
+# with here (a case named method-multi-crop runs that method with local crops). Adding a method is one
+# line (views come from `global_views`, whatever the method needs).
 STEP_CASES = {
     "simclr": {},
+    "simclr-multi-crop": {"local_crops": 2},  # four views per image (2 + 2 small): the multi-positive loss
     "moco": {"queue_size": 40},  # smaller than the 32 keys of two steps: the queue wraps; its content is compared
     "byol": {},
     "simsiam": {},
@@ -57,8 +59,8 @@ STEP_CASES = {
 }
 
 
-def step_config(method: str) -> Config:
-    return Config(method=method, method_options=STEP_CASES[method], encoder="cnn-bn", optimizer="sgd", lr=0.1,
+def step_config(case: str) -> Config:
+    return Config(method=case.removesuffix("-multi-crop"), method_options=STEP_CASES[case], encoder="cnn-bn", optimizer="sgd", lr=0.1,
                   weight_decay=0.0, precision="fp32", channels_last=False, sync_batchnorm=True, seed=3)
 
 

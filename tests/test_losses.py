@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fashionssl.losses import nt_xent
+from fashionssl.losses import multi_view_nt_xent, nt_xent
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -178,3 +178,55 @@ def test_bf16_inputs_give_float32_loss_close_to_fp32():
     torch.testing.assert_close(loss16, nt_xent(z1.bfloat16().float(), z2.bfloat16().float(), 0.2))
     # ... so close to the fp32 loss (bf16 keeps ~3 significant digits)
     assert loss16.item() == pytest.approx(nt_xent(z1, z2, 0.2).item(), rel=2e-2)
+
+
+# --- multi-view NT-Xent (SimCLR with multi-crop) -----------------------------------------------
+
+def reference_multi_view(views: list[torch.Tensor], t: float) -> float:
+    """The multi-positive loss written out with Python loops in float64: anchor (a, i) against every
+    other of the V*N embeddings; its loss is the mean over the other V-1 views of image i of
+    -log(exp(s / t) / sum_{k != anchor} exp(s_k / t)); the result is the mean over the V*N anchors."""
+    v, n = len(views), len(views[0])
+    z = [[c / math.sqrt(sum(x * x for x in row)) for c in row] for view in views for row in view.tolist()]
+
+    def sim(p, q):
+        return sum(x * y for x, y in zip(z[p], z[q]))
+
+    total = 0.0
+    for anchor in range(v * n):
+        denominator = sum(math.exp(sim(anchor, k) / t) for k in range(v * n) if k != anchor)
+        positives = [b * n + anchor % n for b in range(v) if b != anchor // n]
+        total += sum(-math.log(math.exp(sim(anchor, p) / t) / denominator) for p in positives) / len(positives)
+    return total / (v * n)
+
+
+@pytest.mark.parametrize("v", [2, 3, 5])
+def test_multi_view_matches_the_loop_reference(v):
+    torch.manual_seed(v)
+    views = [torch.randn(6, 8, dtype=torch.float64) for _ in range(v)]
+    assert multi_view_nt_xent(views, 0.3).item() == pytest.approx(reference_multi_view(views, 0.3), rel=1e-9)
+
+
+def test_two_views_are_nt_xent():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(7, 5), torch.randn(7, 5)
+    assert multi_view_nt_xent([z1, z2], 0.2).item() == pytest.approx(reference_nt_xent(z1, z2, 0.2), rel=1e-5)
+    torch.testing.assert_close(multi_view_nt_xent([z1, z2], 0.2), nt_xent(z1, z2, 0.2))
+
+
+@pytest.mark.parametrize("v, n, t", [(3, 4, 0.5), (6, 3, 0.2)])
+def test_multi_view_of_identical_views_of_orthogonal_images(v, n, t):
+    """Every view of image i is e_i: each anchor has V-1 positives at similarity 1 and V(N-1)
+    negatives at 0, so its loss is log(V - 1 + V(N - 1) exp(-1/t)) (closed form)."""
+    views = [torch.eye(n, 8) for _ in range(v)]
+    expected = math.log(v - 1 + v * (n - 1) * math.exp(-1 / t))
+    assert multi_view_nt_xent(views, t).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_multi_view_swapping_views_of_one_image_changes_nothing_but_mixing_images_does():
+    torch.manual_seed(1)
+    views = [torch.randn(5, 4) for _ in range(3)]
+    base = multi_view_nt_xent(views, 0.2)
+    torch.testing.assert_close(multi_view_nt_xent(views[::-1], 0.2), base)  # the views' order is immaterial
+    mixed = [views[0], views[1], views[2][torch.tensor([1, 0, 2, 3, 4])]]
+    assert abs(multi_view_nt_xent(mixed, 0.2).item() - base.item()) > 1e-3

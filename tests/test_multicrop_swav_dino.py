@@ -234,6 +234,7 @@ def test_dino_teacher_no_gradient_ema_and_schedule_state():
     ("swav", "local_size", 1), ("swav", "epsilon", 0), ("swav", "prototypes", 0), ("swav", "queue_length", -1),
     ("dino", "teacher_temperature", 0), ("dino", "momentum", 1.0), ("dino", "center_momentum", -0.1),
     ("dino", "teacher_temperature_warmup_steps", 1.5), ("dino", "local_scale", [0, 0.3]),
+    ("simclr", "local_crops", -1), ("simclr", "local_size", 1),
 ])
 def test_bad_option_names_the_option(name, option, value):
     with pytest.raises(UserError, match=rf"{name} option {option} must be"):
@@ -278,7 +279,8 @@ def test_convnet_features_of_small_crops():
 # 5e-4 per 256 images; at 2e-3 it stays at the untrained level here) and a teacher that keeps up
 # with the student over so few steps (momentum 0.96). Measured margins on a busy 2-core CPU:
 # swav +0.030, dino +0.019 (dino at lr 2e-3: +0.001 with momentum 0.9, +0.007 with 0.96).
-RUN_OVERRIDES = {"swav": {}, "dino": {"lr": 5e-4, "method_options": {"momentum": 0.96}}}
+RUN_OVERRIDES = {"swav": {}, "dino": {"lr": 5e-4, "method_options": {"momentum": 0.96}},
+                 "simclr": {"method_options": {"local_crops": 4}}}  # SimCLR with multi-crop
 
 
 @pytest.mark.parametrize("name", sorted(RUN_OVERRIDES))

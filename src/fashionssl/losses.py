@@ -14,22 +14,38 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     negative examples" (Chen et al., 2020): each of the 2N embeddings is classified against the
     other 2N-1, of which exactly one (its other view) is the positive. The mean over all 2N anchors
     makes the loss symmetric in z1 and z2.
-
-    Several processes: z1, z2 are this rank's n images of the global batch of N = W*n (rank order).
-    The anchors are this rank's 2n views, the candidates all 2N views, gathered with gradient, so
-    the mean of the ranks' losses is the loss of the global batch, negatives from every rank.
     """
-    n = z1.shape[0]
-    anchors = F.normalize(at_least_float32(torch.cat([z1, z2])), dim=1)  # (2n, D): this rank's views
-    # One all-gather of both views, then regrouped view-major: (2N, D) = view 1 of all N, view 2 of all N.
-    everyone = gather_with_grad(anchors)  # (W * 2n, D), rank-major
-    candidates = everyone.view(-1, 2, n, everyone.shape[1]).transpose(0, 1).reshape(-1, everyone.shape[1])
-    total = len(candidates) // 2  # N
+    return multi_view_nt_xent([z1, z2], temperature)
+
+
+def multi_view_nt_xent(views: list[torch.Tensor], temperature: float = 0.2) -> torch.Tensor:
+    """NT-Xent over V >= 2 views of each image (SimCLR with multi-crop): every one of the V*N
+    embeddings is an anchor, classified against the other V*N - 1, among which the other V - 1
+    views of its image are positives; its loss is the mean of their -log softmax (the supervised
+    contrastive loss of Khosla et al., 2020, with the image as the label, as solo-learn's
+    multi-crop SimCLR). For V = 2 this is nt_xent: one positive per anchor.
+
+    Several processes: each view is this rank's n images of the global batch of N = W*n (rank
+    order). The anchors are this rank's V*n views, the candidates all V*N views, gathered with
+    gradient, so the mean of the ranks' losses is the loss of the global batch, negatives from every rank.
+    """
+    v, n = len(views), views[0].shape[0]
+    anchors = F.normalize(at_least_float32(torch.cat(views)), dim=1)  # (V*n, D): this rank's views
+    # One all-gather of every view, then regrouped view-major: (V*N, D) = view 1 of all N, view 2 of all N, ...
+    everyone = gather_with_grad(anchors)  # (W * V*n, D), rank-major
+    candidates = everyone.view(-1, v, n, everyone.shape[1]).transpose(0, 1).reshape(-1, everyone.shape[1])
+    total = len(candidates) // v  # N
     own = rank() * n + torch.arange(n, device=anchors.device)  # this rank's images' places in the global batch
-    logits = anchors @ candidates.T / temperature  # (2n, 2N) cosine similarities
-    logits[torch.arange(2 * n, device=anchors.device), torch.cat([own, total + own])] = float("-inf")  # not its own negative
-    targets = torch.cat([total + own, own])  # view 1 of image i <-> view 2 of image i
-    return F.cross_entropy(logits, targets)
+    places = torch.arange(v, device=anchors.device)[:, None] * total + own  # (V, n): where each view of each image sits
+    logits = anchors @ candidates.T / temperature  # (V*n, V*N) cosine similarities
+    rows = torch.arange(v * n, device=anchors.device)
+    logits[rows, places.reshape(-1)] = float("-inf")  # not its own negative
+    if v == 2:  # one positive, view 1 of image i <-> view 2 of image i: the fused cross entropy, as SimCLR always ran
+        return F.cross_entropy(logits, places.flip(0).reshape(-1))
+    others = (torch.arange(v, device=anchors.device)[:, None] + torch.arange(1, v, device=anchors.device)) % v
+    positives = places[others]  # (V, V-1, n): where the other views of each anchor's image sit
+    log_p = logits.log_softmax(dim=1).view(v, n, -1)
+    return -log_p.gather(2, positives.permute(0, 2, 1)).mean()
 
 
 def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:

@@ -1,23 +1,25 @@
-"""SimCLR (Chen et al., 2020): pull two views of an image together, push all other views apart."""
+"""SimCLR (Chen et al., 2020): pull two views of an image together, push all other views apart.
 
-import torch
+With `local_crops` > 0, multi-crop (Caron et al., 2020): small crops join the two views, every view
+of an image a positive of every other (losses.multi_view_nt_xent)."""
 
 from ..heads import mlp_head
-from ..losses import nt_xent
-from .base import Method, check_option, check_size
+from ..losses import multi_view_nt_xent
+from .base import Method, check_option, check_size, encode_views, multi_crop_spec
 
 
 class SimCLR(Method):
-    def __init__(self, backbone, temperature: float = 0.2, hidden_dim: int = 512, out_dim: int = 128):
+    def __init__(self, backbone, temperature: float = 0.2, hidden_dim: int = 512, out_dim: int = 128,
+                 local_crops: int = 0, local_size: int = 16, local_scale: tuple[float, float] = (0.05, 0.4)):
         super().__init__(backbone)
         self.temperature = check_option("simclr", "temperature", temperature, "a number > 0", lambda v: v > 0)
         check_size("simclr", "hidden_dim", hidden_dim)
         check_size("simclr", "out_dim", out_dim)
+        self.view_spec = multi_crop_spec("simclr", local_crops, local_size, local_scale)
         self.projector = mlp_head(backbone.feature_dim, hidden_dim, out_dim)
 
     def forward(self, views, labels):
-        n = views[0].shape[0]
-        # One forward pass over both views, so BatchNorm statistics mix them and cannot leak
-        # which view an embedding came from.
-        z = self.projector(self.backbone(torch.cat(views)))  # (2N, out_dim)
-        return nt_xent(z[:n], z[n:], self.temperature), {}
+        # One forward pass over the views of each size, so BatchNorm statistics mix them and cannot
+        # leak which view an embedding came from.
+        z = self.projector(encode_views(self.backbone, views))  # (V*N, out_dim)
+        return multi_view_nt_xent(list(z.chunk(len(views))), self.temperature), {}
