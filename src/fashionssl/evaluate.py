@@ -94,8 +94,12 @@ def load_trained(checkpoint: str | Path) -> Trained:
         info = DataInfo.from_dict(state["data"]) if "data" in state else FASHION_MNIST_INFO
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"checkpoint {path}: damaged description of its data ({first_line(e)})") from None
-    model = build_model(cfg, info)
-    load_into(model, state["model"], path, f"method {cfg.method!r} with encoder {cfg.encoder!r}")
+    built_as = f"method {cfg.method!r} with encoder {cfg.encoder!r}"
+    try:
+        model = build_model(cfg, info)
+    except UserError as e:  # options its method does not take: a damaged or hand-edited config
+        raise UserError(f"checkpoint {path}: its config does not build {built_as}: {e}") from None
+    load_into(model, state["model"], path, built_as)
     return Trained(cfg, model, state["epoch"], info, path)
 
 

@@ -37,9 +37,11 @@ METHODS: dict[str, type[Method]] = {
 
 def method_options(name: str) -> dict[str, object]:
     """The options a method accepts (its constructor's keyword arguments) with their defaults;
-    the backbone and the class names come from the run, not from options."""
+    the backbone and the class names come from the run, not from options. Tuples as lists, as
+    JSON gives them back: config.json and the checkpoint's config then hold the same values."""
     params = inspect.signature(METHODS[name]).parameters
-    return {k: p.default for k, p in params.items() if k not in ("backbone", "class_names")}
+    return {k: list(p.default) if isinstance(p.default, tuple) else p.default
+            for k, p in params.items() if k not in ("backbone", "class_names")}
 
 
 def build_method(name: str, backbone: nn.Module, options: dict | None = None,
