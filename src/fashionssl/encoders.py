@@ -276,7 +276,6 @@ ENCODERS: dict[str, Callable[[int, int], nn.Module]] = {
     "cnn": lambda channels, size: ConvNet(batch_norm=False, in_channels=channels),
     "cnn-bn": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, in_channels=channels),
     "cnn-bn-wide": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, width=64, in_channels=channels),
-    "cnn-bn-96": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, width=96, in_channels=channels),
     "resnet18": lambda channels, size: ResNet18(in_channels=channels),
     "vit-tiny": lambda channels, size: VisionTransformer(VIT_PATCH, image_size=size, in_channels=channels),
 }
