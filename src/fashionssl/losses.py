@@ -38,14 +38,14 @@ def multi_view_nt_xent(views: list[torch.Tensor], temperature: float = 0.2) -> t
     own = rank() * n + torch.arange(n, device=anchors.device)  # this rank's images' places in the global batch
     places = torch.arange(v, device=anchors.device)[:, None] * total + own  # (V, n): where each view of each image sits
     logits = anchors @ candidates.T / temperature  # (V*n, V*N) cosine similarities
-    rows = torch.arange(v * n, device=anchors.device)
-    logits[rows, places.reshape(-1)] = float("-inf")  # not its own negative
-    if v == 2:  # one positive, view 1 of image i <-> view 2 of image i: the fused cross entropy, as SimCLR always ran
-        return F.cross_entropy(logits, places.flip(0).reshape(-1))
+    logits[torch.arange(v * n, device=anchors.device), places.reshape(-1)] = float("-inf")  # not its own negative
     others = (torch.arange(v, device=anchors.device)[:, None] + torch.arange(1, v, device=anchors.device)) % v
-    positives = places[others]  # (V, V-1, n): where the other views of each anchor's image sit
-    log_p = logits.log_softmax(dim=1).view(v, n, -1)
-    return -log_p.gather(2, positives.permute(0, 2, 1)).mean()
+    positives = places[others].transpose(1, 2)  # (V, n, V-1): where the other views of each anchor's image sit
+    # In float32: under CPU bf16 autocast the similarities come out of a bf16 matmul, and log_softmax
+    # would stay in bf16 (F.cross_entropy casts up; log_softmax does not). For two views, the same
+    # gradients bit for bit as F.cross_entropy with one target per anchor.
+    log_p = at_least_float32(logits).log_softmax(dim=1).view(v, n, -1)
+    return -log_p.gather(2, positives).mean()
 
 
 def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
