@@ -276,6 +276,28 @@ def test_ctrl_c_inside_a_write_stops_the_run_after_it(tmp_path, interrupted_run,
     assert not list(out.glob(".checkpoint.pt.*"))
 
 
+def test_ctrl_c_in_the_last_save_stops_before_evaluation(tmp_path, interrupted_run, monkeypatch, capsys, python_sigint):
+    """Pressed while the last epoch's checkpoint is written: the run is complete, but `run` does not
+    go on to evaluate; the line says so and names the finished checkpoint."""
+    out = tmp_path / "run"
+    shutil.copytree(interrupted_run, out)
+    original = torch.save
+
+    def interrupted(obj, *args, **kwargs):
+        if obj["epoch"] == obj["config"]["epochs"]:
+            signal.raise_signal(signal.SIGINT)
+        original(obj, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    code = main(["run", "--resume", str(out)])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert load_checkpoint(out)["epoch"] == 5
+    assert err.startswith("fashionssl: error: interrupted after the last epoch.") and "(after epoch 5;" in err, err
+    assert not (out / "results.json").exists()
+
+
 LONG_EPOCHS = 1000
 
 def test_ctrl_c_exits_130_with_one_line_and_keeps_a_resumable_checkpoint(tmp_path, interrupted_run):

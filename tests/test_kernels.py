@@ -21,7 +21,7 @@ FUSED = "_MaxPoolReLUBackward"
 def lanes():
     """The kernel's vector width in channels. Skipped only where it cannot exist (no compiler, a CPU
     below AVX2); with a compiler, a failed build fails the tests that need it."""
-    if shutil.which("c++") is None or torch.backends.cpu.get_cpu_capability() not in kernels.ISA_FLAGS:
+    if shutil.which(kernels.compiler()) is None or torch.backends.cpu.get_cpu_capability() not in kernels.ISA_FLAGS:
         pytest.skip("no C++ compiler or no AVX2: PyTorch's ops run (tested below)")
     assert kernels.cpu_lanes() is not None, "the kernel did not build: see the warning"
     return kernels.cpu_lanes()
