@@ -41,11 +41,12 @@ WORLD = 2
 PER_RANK = 8  # images per process; the single process gets WORLD * PER_RANK
 
 # Methods whose distributed steps must equal the single-process steps, with the options they run
-# with here (a case named method-multi-crop runs that method with local crops). Adding a method is one
+# with here (a case named method-variant runs that method with the variant's options). Adding a method is one
 # line (views come from `global_views`, whatever the method needs).
 STEP_CASES = {
     "simclr": {},
     "simclr-multi-crop": {"local_crops": 2},  # four views per image (2 + 2 small): the multi-positive loss
+    "simclr-debiased": {"class_prior": 0.1},  # negatives from every rank enter the debiased estimate
     "moco": {"queue_size": 40},  # smaller than the 32 keys of two steps: the queue wraps; its content is compared
     "byol": {},
     "simsiam": {},
@@ -60,7 +61,7 @@ STEP_CASES = {
 
 
 def step_config(case: str) -> Config:
-    return Config(method=case.removesuffix("-multi-crop"), method_options=STEP_CASES[case], encoder="cnn-bn", optimizer="sgd", lr=0.1,
+    return Config(method=case.partition("-")[0], method_options=STEP_CASES[case], encoder="cnn-bn", optimizer="sgd", lr=0.1,
                   weight_decay=0.0, precision="fp32", channels_last=False, sync_batchnorm=True, seed=3)
 
 

@@ -1,4 +1,4 @@
-"""Tests for fashionssl.losses.nt_xent: a hand-computed case, a slow loop reference of the SimCLR
+"""Tests for fashionssl.losses.nt_xent (and its multi-view and debiased forms): a hand-computed case, a slow loop reference of the SimCLR
 formula with all 2N-2 negatives, invariances, the temperature limit, gradients and bf16 inputs."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fashionssl.losses import multi_view_nt_xent, nt_xent
+from fashionssl.losses import debiased_nt_xent, multi_view_nt_xent, nt_xent
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -227,3 +227,79 @@ def test_multi_view_swapping_views_of_one_image_changes_nothing_but_mixing_image
     torch.testing.assert_close(multi_view_nt_xent(views[::-1], 0.2), base)  # the views' order is immaterial
     mixed = [views[0], views[1], views[2][torch.tensor([1, 0, 2, 3, 4])]]
     assert abs(multi_view_nt_xent(mixed, 0.2).item() - base.item()) > 1e-3
+
+
+def reference_debiased(views: list[torch.Tensor], t: float, prior: float) -> float:
+    """Chuang et al.'s debiased loss written out with Python loops in float64: for each anchor and
+    each of its positives p, Ng = max((mean over the M negatives of exp(s / t) - prior exp(s_p / t))
+    / (1 - prior), exp(-1 / t)) and the loss -log(exp(s_p / t) / (exp(s_p / t) + M Ng)); the mean
+    over every (anchor, positive) pair."""
+    v, n = len(views), len(views[0])
+    z = [[c / math.sqrt(sum(x * x for x in row)) for c in row] for view in views for row in view.tolist()]
+
+    def e(p, q):
+        return math.exp(sum(x * y for x, y in zip(z[p], z[q])) / t)
+
+    losses = []
+    for anchor in range(v * n):
+        negatives = [k for k in range(v * n) if k % n != anchor % n]
+        mean_negative = sum(e(anchor, k) for k in negatives) / len(negatives)
+        for p in (b * n + anchor % n for b in range(v) if b != anchor // n):
+            ng = max((mean_negative - prior * e(anchor, p)) / (1 - prior), math.exp(-1 / t))
+            losses.append(-math.log(e(anchor, p) / (e(anchor, p) + len(negatives) * ng)))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("v, t, prior", [(2, 0.3, 0.1), (2, 0.5, 0.3), (3, 0.2, 0.1), (4, 0.3, 0.05)])
+def test_debiased_matches_the_loop_reference(v, t, prior):
+    torch.manual_seed(v)
+    views = [torch.randn(6, 8, dtype=torch.float64) for _ in range(v)]
+    assert debiased_nt_xent(views, t, prior).item() == pytest.approx(reference_debiased(views, t, prior), rel=1e-9)
+
+
+def test_debiased_without_a_prior_is_nt_xent_for_two_views():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(16, 8), torch.randn(16, 8)
+    torch.testing.assert_close(debiased_nt_xent([z1, z2], 0.2, 0.0), nt_xent(z1, z2, 0.2))
+
+
+def test_debiasing_lowers_the_loss_of_negatives_that_are_close():
+    """A prior > 0 subtracts part of the positive's weight from the negatives' estimate: the loss
+    of the same embeddings can only drop, and drops more as the prior grows."""
+    torch.manual_seed(2)
+    views = [torch.randn(32, 8) for _ in range(2)]
+    losses = [debiased_nt_xent(views, 0.5, prior).item() for prior in (0.0, 0.05, 0.1, 0.2)]
+    assert losses == sorted(losses, reverse=True) and losses[0] - losses[-1] > 1e-3
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("t", [0.2, 0.02])
+def test_debiased_clamps_the_negatives_estimate_at_its_least_value(t, autocast):
+    """Two identical views of each of N orthogonal images: positives at similarity 1, the 2(N-1)
+    negatives at 0, so mean_neg e^s = 1 and a prior of 0.5 makes the estimate 2 - e^(1/t) < 0: it is
+    clamped at e^(-1/t), and the loss is log(1 + 2(N-1) e^(-2/t)) (closed form). At t = 0.02 the
+    similarities reach e^50: the loss must stay finite and exact."""
+    n = 4
+    views = [torch.eye(n, 8) for _ in range(2)]
+    expected = math.log1p(2 * (n - 1) * math.exp(-2 / t))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = debiased_nt_xent(views, t, 0.5)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-30)
+
+
+def test_debiased_gradient_matches_finite_differences():
+    torch.manual_seed(3)
+    views = [torch.randn(5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    assert torch.autograd.gradcheck(lambda *vs: debiased_nt_xent(list(vs), 0.4, 0.1), views)
+
+
+@pytest.mark.parametrize("t", [0.05, 0.01])
+def test_debiased_in_float32_at_low_temperatures_stays_finite_and_exact(t):
+    """At t = 0.01 similarities span e^-100 to e^100, past float32's range: computed in logs, the loss
+    and its gradient stay finite and the loss agrees with the float64 loop reference."""
+    torch.manual_seed(4)
+    views = [torch.randn(6, 3, requires_grad=True) for _ in range(2)]
+    loss = debiased_nt_xent(views, t, 0.1)
+    loss.backward()
+    assert loss.item() == pytest.approx(reference_debiased([v.double() for v in views], t, 0.1), rel=1e-4)
+    assert all(torch.isfinite(v.grad).all() for v in views)

@@ -234,7 +234,8 @@ def test_dino_teacher_no_gradient_ema_and_schedule_state():
     ("swav", "local_size", 1), ("swav", "epsilon", 0), ("swav", "prototypes", 0), ("swav", "queue_length", -1),
     ("dino", "teacher_temperature", 0), ("dino", "momentum", 1.0), ("dino", "center_momentum", -0.1),
     ("dino", "teacher_temperature_warmup_steps", 1.5), ("dino", "local_scale", [0, 0.3]),
-    ("simclr", "local_crops", -1), ("simclr", "local_size", 1),
+    ("simclr", "local_crops", -1), ("simclr", "local_size", 1), ("simclr", "class_prior", 1.0),
+    ("simclr", "class_prior", -0.1),
 ])
 def test_bad_option_names_the_option(name, option, value):
     with pytest.raises(UserError, match=rf"{name} option {option} must be"):
@@ -280,13 +281,14 @@ def test_convnet_features_of_small_crops():
 # with the student over so few steps (momentum 0.96). Measured margins on a busy 2-core CPU:
 # swav +0.030, dino +0.019 (dino at lr 2e-3: +0.001 with momentum 0.9, +0.007 with 0.96).
 RUN_OVERRIDES = {"swav": {}, "dino": {"lr": 5e-4, "method_options": {"momentum": 0.96}},
-                 "simclr": {"method_options": {"local_crops": 4}}}  # SimCLR with multi-crop
+                 "simclr": {"method_options": {"local_crops": 4}},  # SimCLR with multi-crop
+                 "simclr-debiased": {"method_options": {"class_prior": 0.1}}}  # named method-variant
 
 
 @pytest.mark.parametrize("name", sorted(RUN_OVERRIDES))
 def test_short_run_beats_untrained_backbone(name, knn_setup, tmp_path):
     knn_accuracy, untrained = knn_setup
-    model, _ = short_run(name, tmp_path / "run", **RUN_OVERRIDES[name])
+    model, _ = short_run(name.partition("-")[0], tmp_path / "run", **RUN_OVERRIDES[name])
     trained = knn_accuracy(model.backbone)
     margin = trained - untrained
     print(f"{name}: kNN val accuracy untrained {untrained:.3f}, trained {trained:.3f}, margin {margin:+.3f}")

@@ -1,5 +1,7 @@
 """Loss functions as pure functions of embeddings: no state, no modules, known-answer tested."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +31,48 @@ def multi_view_nt_xent(views: list[torch.Tensor], temperature: float = 0.2) -> t
     order). The anchors are this rank's V*n views, the candidates all V*N views, gathered with
     gradient, so the mean of the ranks' losses is the loss of the global batch, negatives from every rank.
     """
+    logits, positives = _multi_view_logits(views, temperature)
+    # In float32: under CPU bf16 autocast the similarities come out of a bf16 matmul, and log_softmax
+    # would stay in bf16 (F.cross_entropy casts up; log_softmax does not). For two views, the same
+    # gradients bit for bit as F.cross_entropy with one target per anchor.
+    log_p = at_least_float32(logits).log_softmax(dim=1)
+    return -log_p.gather(1, positives).mean()
+
+
+def debiased_nt_xent(views: list[torch.Tensor], temperature: float = 0.2, class_prior: float = 0.1) -> torch.Tensor:
+    """Debiased contrastive loss (Chuang et al., 2020) over V >= 2 views of each image: NT-Xent whose
+    negatives are corrected for the fraction `class_prior` of them that share the anchor's class.
+
+    With few classes many "negatives" are not: on Fashion-MNIST one in ten is the anchor's own
+    class, and NT-Xent pushes it away all the same. The paper estimates the mean exp-similarity of
+    true negatives from the batch's as Ng = (mean_neg e^s - class_prior e^s_pos) / (1 - class_prior),
+    clamped below at e^(-1/t), the least it can be, and each (anchor, positive) pair's loss is
+    -log(e^s_pos / (e^s_pos + M Ng)) over M = V*N - V negatives. class_prior = 0 is NT-Xent for
+    V = 2 (for more views, each positive's denominator holds the negatives and itself alone).
+    Views, processes and the float32 maths as in multi_view_nt_xent.
+    """
+    logits, positives = _multi_view_logits(views, temperature)
+    logits = at_least_float32(logits)
+    own_image = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, positives, True)
+    own_image[logits == float("-inf")] = True  # the anchor itself
+    negatives = logits.shape[1] - positives.shape[1] - 1  # M
+    # In logs, relative to each positive: the loss is softplus(log M + log(Ng / e^s_pos)), finite and
+    # exact from tiny losses to temperatures where e^(2/t) overflows float32.
+    log_mean_negative = logits.masked_fill(own_image, float("-inf")).logsumexp(1, keepdim=True) - math.log(negatives)
+    positive = logits.gather(1, positives)
+    gap = log_mean_negative - positive  # log(mean_neg e^s / e^s_pos)
+    # Ng / e^s_pos = (e^gap - prior) / (1 - prior) = e^gap (1 - prior e^-gap) / (1 - prior), where positive.
+    # (e^-gap capped at e^80: past it the estimate is negative for any prior > 1e-34.)
+    rest = 1 - class_prior * torch.exp((-gap).clamp_max(80))
+    log_ratio = gap + torch.log(rest.clamp_min(1e-30)) - math.log1p(-class_prior)
+    log_ratio = log_ratio.masked_fill(rest <= 0, float("-inf")).maximum(-1 / temperature - positive)  # the clamp
+    return F.softplus(math.log(negatives) + log_ratio).mean()
+
+
+def _multi_view_logits(views: list[torch.Tensor], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The similarities / temperature of this rank's V*n anchors (rows, view-major) with all V*N
+    views of the global batch (columns, view-major), each anchor's own column at -inf, and for each
+    anchor the columns of its V - 1 positives: (V*n, V*N) logits and (V*n, V-1) column indices."""
     v, n = len(views), views[0].shape[0]
     anchors = F.normalize(at_least_float32(torch.cat(views)), dim=1)  # (V*n, D): this rank's views
     # One all-gather of every view, then regrouped view-major: (V*N, D) = view 1 of all N, view 2 of all N, ...
@@ -41,11 +85,7 @@ def multi_view_nt_xent(views: list[torch.Tensor], temperature: float = 0.2) -> t
     logits[torch.arange(v * n, device=anchors.device), places.reshape(-1)] = float("-inf")  # not its own negative
     others = (torch.arange(v, device=anchors.device)[:, None] + torch.arange(1, v, device=anchors.device)) % v
     positives = places[others].transpose(1, 2)  # (V, n, V-1): where the other views of each anchor's image sit
-    # In float32: under CPU bf16 autocast the similarities come out of a bf16 matmul, and log_softmax
-    # would stay in bf16 (F.cross_entropy casts up; log_softmax does not). For two views, the same
-    # gradients bit for bit as F.cross_entropy with one target per anchor.
-    log_p = at_least_float32(logits).log_softmax(dim=1).view(v, n, -1)
-    return -log_p.gather(2, positives).mean()
+    return logits, positives.reshape(v * n, v - 1)
 
 
 def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
