@@ -46,7 +46,8 @@ PER_RANK = 8  # images per process; the single process gets WORLD * PER_RANK
 STEP_CASES = {
     "simclr": {},
     "simclr-multi-crop": {"local_crops": 2},  # four views per image (2 + 2 small): the multi-positive loss
-    "simclr-debiased": {"class_prior": 0.1},  # negatives from every rank enter the debiased estimate
+    "simclr-debiased": {"loss": "debiased"},  # negatives from every rank enter the debiased estimate
+    "simclr-decoupled": {"loss": "decoupled"},
     "moco": {"queue_size": 40},  # smaller than the 32 keys of two steps: the queue wraps; its content is compared
     "byol": {},
     "simsiam": {},

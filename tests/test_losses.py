@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fashionssl.losses import debiased_nt_xent, multi_view_nt_xent, nt_xent
+from fashionssl.losses import debiased_nt_xent, decoupled_nt_xent, multi_view_nt_xent, nt_xent
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -303,3 +303,43 @@ def test_debiased_in_float32_at_low_temperatures_stays_finite_and_exact(t):
     loss.backward()
     assert loss.item() == pytest.approx(reference_debiased([v.double() for v in views], t, 0.1), rel=1e-4)
     assert all(torch.isfinite(v.grad).all() for v in views)
+
+
+def reference_decoupled(views: list[torch.Tensor], t: float) -> float:
+    """Yeh et al.'s decoupled loss written out with Python loops in float64: for each anchor and each
+    of its positives p, -s_p / t + log(sum over the negatives of exp(s / t)); the mean over the pairs."""
+    v, n = len(views), len(views[0])
+    z = [[c / math.sqrt(sum(x * x for x in row)) for c in row] for view in views for row in view.tolist()]
+
+    def s(p, q):
+        return sum(x * y for x, y in zip(z[p], z[q])) / t
+
+    losses = []
+    for anchor in range(v * n):
+        denominator = sum(math.exp(s(anchor, k)) for k in range(v * n) if k % n != anchor % n)
+        losses += [-s(anchor, b * n + anchor % n) + math.log(denominator) for b in range(v) if b != anchor // n]
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("v, t", [(2, 0.3), (3, 0.2), (4, 0.05)])
+def test_decoupled_matches_the_loop_reference(v, t):
+    torch.manual_seed(v)
+    views = [torch.randn(6, 8, dtype=torch.float64) for _ in range(v)]
+    assert decoupled_nt_xent(views, t).item() == pytest.approx(reference_decoupled(views, t), rel=1e-9)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_decoupled_of_identical_views_of_orthogonal_images(autocast):
+    """Positives at similarity 1, the V(N-1) negatives at 0: the loss is -1/t + log(V(N-1)), below
+    zero where NT-Xent's is not (nothing bounds it: the positive is not in the denominator)."""
+    v, n, t = 3, 4, 0.2
+    views = [torch.eye(n, 8) for _ in range(v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = decoupled_nt_xent(views, t)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(-1 / t + math.log(v * (n - 1)), rel=1e-6)
+
+
+def test_decoupled_gradient_matches_finite_differences():
+    torch.manual_seed(5)
+    views = [torch.randn(5, 4, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    assert torch.autograd.gradcheck(lambda *vs: decoupled_nt_xent(list(vs), 0.4), views)

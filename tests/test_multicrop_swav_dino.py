@@ -235,7 +235,7 @@ def test_dino_teacher_no_gradient_ema_and_schedule_state():
     ("dino", "teacher_temperature", 0), ("dino", "momentum", 1.0), ("dino", "center_momentum", -0.1),
     ("dino", "teacher_temperature_warmup_steps", 1.5), ("dino", "local_scale", [0, 0.3]),
     ("simclr", "local_crops", -1), ("simclr", "local_size", 1), ("simclr", "class_prior", 1.0),
-    ("simclr", "class_prior", -0.1),
+    ("simclr", "class_prior", -0.1), ("simclr", "loss", "infonce"), ("simclr", "loss", 1),
 ])
 def test_bad_option_names_the_option(name, option, value):
     with pytest.raises(UserError, match=rf"{name} option {option} must be"):
@@ -282,7 +282,8 @@ def test_convnet_features_of_small_crops():
 # swav +0.030, dino +0.019 (dino at lr 2e-3: +0.001 with momentum 0.9, +0.007 with 0.96).
 RUN_OVERRIDES = {"swav": {}, "dino": {"lr": 5e-4, "method_options": {"momentum": 0.96}},
                  "simclr": {"method_options": {"local_crops": 4}},  # SimCLR with multi-crop
-                 "simclr-debiased": {"method_options": {"class_prior": 0.1}}}  # named method-variant
+                 "simclr-debiased": {"method_options": {"loss": "debiased"}},  # named method-variant
+                 "simclr-decoupled": {"method_options": {"loss": "decoupled"}}}
 
 
 @pytest.mark.parametrize("name", sorted(RUN_OVERRIDES))

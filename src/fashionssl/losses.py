@@ -51,15 +51,9 @@ def debiased_nt_xent(views: list[torch.Tensor], temperature: float = 0.2, class_
     V = 2 (for more views, each positive's denominator holds the negatives and itself alone).
     Views, processes and the float32 maths as in multi_view_nt_xent.
     """
-    logits, positives = _multi_view_logits(views, temperature)
-    logits = at_least_float32(logits)
-    own_image = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, positives, True)
-    own_image[logits == float("-inf")] = True  # the anchor itself
-    negatives = logits.shape[1] - positives.shape[1] - 1  # M
+    positive, log_mean_negative, negatives = _positives_and_negatives(views, temperature)
     # In logs, relative to each positive: the loss is softplus(log M + log(Ng / e^s_pos)), finite and
     # exact from tiny losses to temperatures where e^(2/t) overflows float32.
-    log_mean_negative = logits.masked_fill(own_image, float("-inf")).logsumexp(1, keepdim=True) - math.log(negatives)
-    positive = logits.gather(1, positives)
     gap = log_mean_negative - positive  # log(mean_neg e^s / e^s_pos)
     # Ng / e^s_pos = (e^gap - prior) / (1 - prior) = e^gap (1 - prior e^-gap) / (1 - prior), where positive.
     # (e^-gap capped at e^80: past it the estimate is negative for any prior > 1e-34.)
@@ -67,6 +61,31 @@ def debiased_nt_xent(views: list[torch.Tensor], temperature: float = 0.2, class_
     log_ratio = gap + torch.log(rest.clamp_min(1e-30)) - math.log1p(-class_prior)
     log_ratio = log_ratio.masked_fill(rest <= 0, float("-inf")).maximum(-1 / temperature - positive)  # the clamp
     return F.softplus(math.log(negatives) + log_ratio).mean()
+
+
+def decoupled_nt_xent(views: list[torch.Tensor], temperature: float = 0.2) -> torch.Tensor:
+    """Decoupled contrastive loss (Yeh et al., 2022) over V >= 2 views of each image: NT-Xent without
+    the positive in its own denominator, -s_pos + log sum_neg e^s per (anchor, positive) pair.
+
+    NT-Xent's gradient carries a factor 1 - p_pos (the softmax weight of the positive): once the
+    views of an image agree, that factor shrinks and with it the push from the negatives, which the
+    paper finds slows learning most at small batches and short schedules. Dropping the positive from
+    the denominator removes the factor. Views, processes and the float32 maths as in multi_view_nt_xent.
+    """
+    positive, log_mean_negative, negatives = _positives_and_negatives(views, temperature)
+    return (log_mean_negative + math.log(negatives) - positive).mean()
+
+
+def _positives_and_negatives(views: list[torch.Tensor], temperature: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """For each of this rank's V*n anchors: the logits of its V - 1 positives (V*n, V-1), the log of
+    the mean exp-logit of its M = V*N - V negatives (V*n, 1), and M; in at least float32."""
+    logits, positives = _multi_view_logits(views, temperature)
+    logits = at_least_float32(logits)
+    own_image = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, positives, True)
+    own_image[logits == float("-inf")] = True  # the anchor itself
+    negatives = logits.shape[1] - positives.shape[1] - 1
+    log_mean_negative = logits.masked_fill(own_image, float("-inf")).logsumexp(1, keepdim=True) - math.log(negatives)
+    return logits.gather(1, positives), log_mean_negative, negatives
 
 
 def _multi_view_logits(views: list[torch.Tensor], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
