@@ -17,7 +17,8 @@ from fashionssl.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-FEATURE_DIMS = {"cnn": 256, "cnn-bn": 1152, "cnn-bn-wide": 2304, "resnet18": 512, "vit-tiny": 192}
+FEATURE_DIMS = {"cnn": 256, "cnn-bn": 1152, "cnn-bn-wide": 2304, "cnn-bn-wide-4x4": 4096, "resnet18": 512,
+                "vit-tiny": 192}
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,23 @@ def test_output_shape_and_feature_dim(encoders, name):
     # samples are processed independently in eval mode
     with torch.no_grad():
         torch.testing.assert_close(model(x[1:2]), out[1:2], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, grid", [("cnn-bn-wide", 3), ("cnn-bn-wide-4x4", 4)])
+def test_the_last_pool_keeps_the_last_row_and_column_only_in_ceil_mode(name, grid):
+    """The features are the last stage's 7x7 map max-pooled by 2 (to 3x3: its last row and column
+    dropped; in ceil mode to 4x4: the last window holds them alone), after ReLU, flattened."""
+    torch.manual_seed(0)
+    net = build_encoder(name).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        stages = net.features[:8](x)  # two full stages: (4, 128, 7, 7)
+        last_map = net.features[9](net.features[8](stages))  # the last conv and BN: (4, 256, 7, 7)
+        expected = F.relu(F.max_pool2d(last_map, 2, ceil_mode=grid == 4)).flatten(1)
+        torch.testing.assert_close(net(x), expected)
+        bumped = last_map.clone()
+        bumped[:, :, 6, :] += 100  # the last row
+        assert torch.equal(F.relu(F.max_pool2d(bumped, 2, ceil_mode=grid == 4)).flatten(1), expected) == (grid == 3)
 
 
 def relu_before_pool(net: nn.Module) -> nn.Sequential:
@@ -235,6 +253,7 @@ def test_encoders_take_channels_and_size_from_the_data(name, channels, size):
     grey = build_encoder(name).state_dict()
     changed = {k for k, v in net.state_dict().items() if v.shape != grey[k].shape}
     first_layer = {"cnn": "features.0.weight", "cnn-bn": "features.0.weight", "cnn-bn-wide": "features.0.weight",
+                   "cnn-bn-wide-4x4": "features.0.weight",
                    "resnet18": "stem.0.weight",
                    "vit-tiny": "patch_embed.weight"}[name]
     expected = ({first_layer} if channels != 1 else set()) | ({"pos_embed"} if name == "vit-tiny" else set())

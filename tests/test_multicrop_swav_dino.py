@@ -234,12 +234,22 @@ def test_dino_teacher_no_gradient_ema_and_schedule_state():
     ("swav", "local_size", 1), ("swav", "epsilon", 0), ("swav", "prototypes", 0), ("swav", "queue_length", -1),
     ("dino", "teacher_temperature", 0), ("dino", "momentum", 1.0), ("dino", "center_momentum", -0.1),
     ("dino", "teacher_temperature_warmup_steps", 1.5), ("dino", "local_scale", [0, 0.3]),
-    ("simclr", "local_crops", -1), ("simclr", "local_size", 1), ("simclr", "class_prior", 1.0),
-    ("simclr", "class_prior", -0.1), ("simclr", "loss", "infonce"), ("simclr", "loss", 1),
+    ("simclr", "local_crops", -1), ("simclr", "local_size", 1), ("simclr", "loss", "infonce"), ("simclr", "loss", 1),
 ])
 def test_bad_option_names_the_option(name, option, value):
     with pytest.raises(UserError, match=rf"{name} option {option} must be"):
         make(name, **{option: value})
+
+
+@pytest.mark.parametrize("class_prior", [1.0, -0.1])
+def test_simclr_class_prior_must_be_a_fraction(class_prior):
+    with pytest.raises(UserError, match="simclr option class_prior must be a number in"):
+        make("simclr", loss="debiased", class_prior=class_prior)
+
+
+def test_simclr_class_prior_without_the_debiased_loss_is_refused():
+    with pytest.raises(UserError, match="class_prior applies to loss debiased only .* --opt loss=debiased"):
+        make("simclr", class_prior=0.05)
 
 
 # ---------------------------------------------------------------- vit-tiny

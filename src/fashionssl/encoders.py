@@ -10,7 +10,9 @@ SimCLR takes the representation before any fully connected layer (a linear layer
 first layer of the projection head, which the loss makes invariant to what augmentation changed).
 Measured once on an earlier SimCLR checkpoint that still had the linear layer (docs/benchmarks.md): the linear probe scores 90.6% on the conv features and 89.1%
 on the 256-d linear layer's output. `cnn-bn-wide` doubles every stage's channels (64-128-256, 2304-d
-features, 4x the multiply-adds): a new encoder for the recipe search, not a change of `cnn-bn`. `resnet18` is the usual ResNet-18 with the CIFAR-style stem
+features, 4x the multiply-adds): a new encoder for the recipe search, not a change of `cnn-bn`.
+`cnn-bn-wide-4x4` is `cnn-bn-wide` whose last max-pool keeps the 7x7 map's last row and column
+(ceil mode: 7 -> 4, where 7 -> 3 drops 13 of its 49 positions), 4096-d features. `resnet18` is the usual ResNet-18 with the CIFAR-style stem
 (3x3 conv, stride 1, no max-pool) that small images need. `vit-tiny` is a small Vision Transformer
 (Dosovitskiy et al., 2021) whose representation is the CLS token, with `cls_attention` for pictures.
 
@@ -100,7 +102,8 @@ def conv_bn(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm, x: torch.Tenso
 
 class ConvNet(nn.Module):
     """Three conv stages (32, 64, 128 channels, each halving the size: 28 -> 14 -> 7 -> 3), flattened,
-    then a linear layer to `fc_dim` features (None: no linear layer, 1152 features).
+    then a linear layer to `fc_dim` features (None: no linear layer, 1152 features). `grid` 4 pools the
+    last 7x7 map in ceil mode, to 4x4 (its last row and column kept; 2048 features at width 32).
 
     Each stage is conv, (BatchNorm,) max-pool, ReLU: the function of the usual conv, (BN,) ReLU,
     max-pool, exactly, outputs and gradients alike (ReLU is monotone, so it commutes with a maximum),
@@ -109,18 +112,20 @@ class ConvNet(nn.Module):
     max-pool and ReLU as one C++ kernel on the CPU (`kernels.max_pool_relu`).
     """
 
-    def __init__(self, batch_norm: bool = False, fc_dim: int | None = 256, width: int = 32, in_channels: int = 1):
+    def __init__(self, batch_norm: bool = False, fc_dim: int | None = 256, width: int = 32, in_channels: int = 1,
+                 grid: int = 3):
         super().__init__()
         self.batch_norm = batch_norm
         layers: list[nn.Module] = []
         channels = [in_channels, width, 2 * width, 4 * width]
-        for c_in, c_out in zip(channels, channels[1:]):
+        for stage, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
             layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(c_out))
-            layers += [nn.MaxPool2d(2), nn.ReLU(inplace=True)]
+            layers += [nn.MaxPool2d(2, ceil_mode=stage == 2 and grid == 4), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
-        flat_dim = channels[-1] * 3 * 3
+        self.grid = grid
+        flat_dim = channels[-1] * grid * grid
         self.fc = nn.Linear(flat_dim, fc_dim) if fc_dim else nn.Identity()
         self.feature_dim = fc_dim or flat_dim
 
@@ -130,8 +135,8 @@ class ConvNet(nn.Module):
             conv, *norm, pool, _ = self.features[first:first + per_stage]
             x = conv_bn(conv, norm[0], x) if norm else conv(x)
             x = max_pool_relu(pool, x)  # the stage's pool and ReLU in one pass where it can
-        if x.shape[-2:] != (3, 3):  # another size (16x16 multi-crop views: 2x2; 32x32: 4x4): same feature size
-            x = F.adaptive_avg_pool2d(x, 3)  # (B, C, 3, 3), as 28x28 images give
+        if x.shape[-2:] != (self.grid, self.grid):  # another size (16x16 multi-crop views: 2x2; 32x32: 4x4)
+            x = F.adaptive_avg_pool2d(x, self.grid)  # (B, C, grid, grid), as 28x28 images give
         return self.fc(x.flatten(1))  # (B, feature_dim)
 
 
@@ -276,6 +281,7 @@ ENCODERS: dict[str, Callable[[int, int], nn.Module]] = {
     "cnn": lambda channels, size: ConvNet(batch_norm=False, in_channels=channels),
     "cnn-bn": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, in_channels=channels),
     "cnn-bn-wide": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, width=64, in_channels=channels),
+    "cnn-bn-wide-4x4": lambda channels, size: ConvNet(batch_norm=True, fc_dim=None, width=64, in_channels=channels, grid=4),
     "resnet18": lambda channels, size: ResNet18(in_channels=channels),
     "vit-tiny": lambda channels, size: VisionTransformer(VIT_PATCH, image_size=size, in_channels=channels),
 }

@@ -5,7 +5,8 @@ of an image a positive of every other (losses.multi_view_nt_xent).
 
 `loss` picks the contrastive loss: "nt-xent" (SimCLR's), "decoupled" (Yeh et al., 2022: the positive
 left out of its own denominator) or "debiased" (Chuang et al., 2020: the negatives corrected for the
-fraction `class_prior` of them expected to share the anchor's class, 1 / classes for balanced data)."""
+fraction `class_prior` of them expected to share the anchor's class, 1 / classes for balanced data;
+0.1 unless given)."""
 
 from ..errors import UserError
 from ..heads import mlp_head
@@ -18,16 +19,19 @@ LOSSES = ("nt-xent", "decoupled", "debiased")
 class SimCLR(Method):
     def __init__(self, backbone, temperature: float = 0.2, hidden_dim: int = 512, out_dim: int = 128,
                  local_crops: int = 0, local_size: int = 16, local_scale: tuple[float, float] = (0.05, 0.4),
-                 loss: str = "nt-xent", class_prior: float = 0.1):
+                 loss: str = "nt-xent", class_prior: float | None = None):
         super().__init__(backbone)
         self.temperature = check_option("simclr", "temperature", temperature, "a number > 0", lambda v: v > 0)
         check_size("simclr", "hidden_dim", hidden_dim)
         check_size("simclr", "out_dim", out_dim)
         if loss not in LOSSES:
             raise UserError(f"simclr option loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if class_prior is not None and loss != "debiased":
+            raise UserError(f"simclr option class_prior applies to loss debiased only (the loss is {loss}): "
+                            "add --opt loss=debiased, or leave class_prior out")
         self.loss = loss
-        self.class_prior = check_option("simclr", "class_prior", class_prior, "a number in [0, 1)",
-                                        lambda v: 0 <= v < 1)
+        self.class_prior = check_option("simclr", "class_prior", 0.1 if class_prior is None else class_prior,
+                                        "a number in [0, 1)", lambda v: 0 <= v < 1)
         self.view_spec = multi_crop_spec("simclr", local_crops, local_size, local_scale)
         self.projector = mlp_head(backbone.feature_dim, hidden_dim, out_dim)
 
