@@ -228,7 +228,8 @@ def test_run_directory_holds_config_versions_metrics_checkpoint_and_tensorboard(
     saved = json.loads((run_dir / "config.json").read_text())
     # Every option spelled out, defaults included (the run gave none); the data's normalisation left out.
     assert saved["method_options"] == {"temperature": 0.2, "hidden_dim": 512, "out_dim": 128, "local_crops": 0,
-                                       "local_size": 16, "local_scale": [0.05, 0.4]}
+                                       "local_size": 16, "local_scale": [0.05, 0.4], "loss": "nt-xent",
+                                       "class_prior": None}
     assert saved["augment_options"] == json.loads(json.dumps(
         {k: v for k, v in dataclasses.asdict(augment.AugmentConfig()).items() if k not in ("mean", "std", "size")}))
     assert Config(**{**saved, "method_options": {}, "augment_options": {}}) == cfg
