@@ -1,5 +1,6 @@
-"""Tests for fashionssl.losses.nt_xent (and its multi-view and debiased forms): a hand-computed case, a slow loop reference of the SimCLR
-formula with all 2N-2 negatives, invariances, the temperature limit, gradients and bf16 inputs."""
+"""Tests for fashionssl.losses.nt_xent and its multi-view, debiased and decoupled forms: a hand-computed
+case, slow loop references in float64, closed forms, invariances, the temperature limit, gradients
+and bf16 inputs."""
 
 from __future__ import annotations
 

@@ -81,10 +81,8 @@ def _positives_and_negatives(views: list[torch.Tensor], temperature: float) -> t
     the mean exp-logit of its M = V*N - V negatives (V*n, 1), and M; in at least float32."""
     logits, positives = _multi_view_logits(views, temperature)
     logits = at_least_float32(logits)
-    own_image = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, positives, True)
-    own_image[logits == float("-inf")] = True  # the anchor itself
-    negatives = logits.shape[1] - positives.shape[1] - 1
-    log_mean_negative = logits.masked_fill(own_image, float("-inf")).logsumexp(1, keepdim=True) - math.log(negatives)
+    negatives = logits.shape[1] - positives.shape[1] - 1  # the anchor's own column is already -inf
+    log_mean_negative = logits.scatter(1, positives, float("-inf")).logsumexp(1, keepdim=True) - math.log(negatives)
     return logits.gather(1, positives), log_mean_negative, negatives
 
 
