@@ -2,8 +2,9 @@
 
 On the CPU the profiler misleads for this step: with it on, the first layer's large activation
 buffers page-fault again (glibc's kept memory no longer covers them) and those ops took about 40 ms
-each instead of 4-9 (2-core Intel Xeon, 2026-12-05). Here each layer of `backbone.features` is timed
-with forward and backward hooks around it (wall clock; on the CPU every op is synchronous), and the
+each instead of 4-9 (2-core Intel Xeon, 2026-12-05). Here each convolution and BatchNorm of
+`backbone.features` is timed with forward and backward hooks around it, each stage's fused max-pool
+and ReLU around its call and between its gradients (wall clock; on the CPU every op is synchronous), and the
 step's forward, backward and optimizer as wholes (the training loop's step, `train.train_step`,
 split in three), over `--steps` steps after warm-up, in the configured precision and channels-last.
 Where the first stage's conv and BatchNorm run folded (`encoders.conv_bn`), neither module is called,
@@ -20,7 +21,7 @@ from collections import defaultdict
 import torch
 
 from bench_throughput import cpu_model
-from fashionssl import augment
+from fashionssl import augment, encoders
 from fashionssl.config import make_config
 from fashionssl.data import FASHION_MNIST_INFO
 from fashionssl.device import autocast_dtype, keep_freed_host_memory
@@ -49,30 +50,48 @@ def main() -> None:
     timing = [False]
     seconds: dict[str, float] = defaultdict(float)
     started: dict[str, float] = {}
-    folded = model.backbone.batch_norm  # ConvNet runs conv_bn on its first stage when it has BatchNorm
+
+    def start(key: str):
+        return lambda *_: started.__setitem__(key, time.perf_counter())
+
+    def stop(key: str):
+        def record(*_):
+            if timing[0]:
+                seconds[key] += time.perf_counter() - started[key]
+        return record
+
     for i, layer in enumerate(model.backbone.features):
-        name = f"{i:2d} {type(layer).__name__}"
-        if isinstance(layer, torch.nn.ReLU):
-            layer.inplace = False  # backward hooks refuse in-place modules
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.BatchNorm2d)):  # the pools and ReLUs run fused, below
+            name = f"{i:2d} {type(layer).__name__}"
+            layer.register_forward_pre_hook(start(f"{name} forward"))
+            layer.register_forward_hook(stop(f"{name} forward"))
+            layer.register_full_backward_pre_hook(start(f"{name} backward"))
+            layer.register_full_backward_hook(stop(f"{name} backward"))
 
-        def start(key: str):
-            return lambda *_: started.__setitem__(key, time.perf_counter())
+    # Each stage's max-pool and ReLU run as one call (kernels.max_pool_relu, or PyTorch's two ops),
+    # not through their modules: timed around that call forward, and between the gradient hooks of its
+    # output and its input backward.
+    folded = model.backbone.batch_norm  # ConvNet runs conv_bn on its first stage when it has BatchNorm
+    stage_calls = [0]
+    fused = encoders.max_pool_relu
 
-        def stop(key: str):
-            def record(*_):
-                if timing[0]:
-                    seconds[key] += time.perf_counter() - started[key]
-            return record
+    def timed_max_pool_relu(pool: torch.nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
+        stage = stage_calls[0] % 3 + 1
+        stage_calls[0] += 1
+        name = f"stage {stage} max-pool+ReLU"
+        if stage == 1 and folded:
+            stop("0-1 conv+BatchNorm folded forward")()
+            x.register_hook(start("0-1 conv+BatchNorm folded backward"))
+        start(f"{name} forward")()
+        y = fused(pool, x)
+        stop(f"{name} forward")()
+        y.register_hook(start(f"{name} backward"))
+        x.register_hook(stop(f"{name} backward"))
+        return y
 
-        layer.register_forward_pre_hook(start(f"{name} forward"))
-        layer.register_forward_hook(stop(f"{name} forward"))
-        layer.register_full_backward_pre_hook(start(f"{name} backward"))
-        layer.register_full_backward_hook(stop(f"{name} backward"))
+    encoders.max_pool_relu = timed_max_pool_relu
     if folded:
-        pool = model.backbone.features[2]
         model.backbone.register_forward_pre_hook(start("0-1 conv+BatchNorm folded forward"))
-        pool.register_forward_pre_hook(stop("0-1 conv+BatchNorm folded forward"))
-        pool.register_full_backward_hook(start("0-1 conv+BatchNorm folded backward"))
 
     def step() -> None:
         t0 = time.perf_counter()
@@ -101,7 +120,7 @@ def main() -> None:
     for key, total in sorted(seconds.items(), key=lambda kv: (not kv[0].startswith("step"), kv[0])):
         print(f"| {key} | {total / a.steps * 1000:.1f} |")
     if not folded:
-        print("\n(The first layer's backward reads 0: its input needs no gradient, so the hook does not run.)")
+        print("\n(The first convolution has no backward row: its input needs no gradient, so the hook does not run.)")
 
 
 if __name__ == "__main__":

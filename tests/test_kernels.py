@@ -29,20 +29,27 @@ def lanes():
 
 def hard_input(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Random maps with what tells max-pools apart: ties (all-equal windows, zeros), negative
-    windows (ReLU zeroes them), and NaNs, alone and several in one window."""
+    windows (ReLU zeroes them), and NaNs, alone and several in one window, in the last row and
+    column too (an odd map's one-row and one-column windows in ceil mode)."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
     x[0] = 0
     x[1, :, ::2] = 1.0
     x[-1] = -x[-1].abs()
     x[2, 0, 0, 0] = float("nan")
     x[2, 1, :2, :2] = float("nan")
+    x[3, 0, -1, -1] = float("nan")
+    x[3, 1, -2:, -1] = float("nan")
+    x[4, :, :, -1] = x[4, :, :, -2]
     return x.contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(6, 32, 28, 28), (6, 64, 7, 7), (6, 16, 5, 9), (6, 128, 3, 3), (6, 32, 2, 2)])
-def test_fused_matches_pytorch_bit_for_bit(lanes, dtype, shape):
-    pool = nn.MaxPool2d(2)
+def test_fused_matches_pytorch_bit_for_bit(lanes, dtype, shape, ceil_mode):
+    """Odd sides: floor mode drops the last row and column, ceil mode pools them as windows of one
+    row, one column or one pixel (hard_input puts ties and NaNs in those too)."""
+    pool = nn.MaxPool2d(2, ceil_mode=ceil_mode)
     x = hard_input(shape, dtype)
     plain, fused = x.clone().requires_grad_(), x.clone().requires_grad_()
     expected, result = F.relu(pool(plain)), kernels.max_pool_relu(pool, fused)
@@ -55,12 +62,12 @@ def test_fused_matches_pytorch_bit_for_bit(lanes, dtype, shape):
     assert torch.equal(fused.grad, plain.grad)
 
 
-@pytest.mark.parametrize("case", ["channels-first", "channels", "float64", "ceil-mode", "kernel-3"])
+@pytest.mark.parametrize("case", ["channels-first", "channels", "float64", "kernel-3"])
 def test_pytorch_runs_where_the_kernel_does_not_apply(case):
     x = torch.randn(4, 3 if case == "channels" else 32, 9, 9, dtype=torch.float64 if case == "float64" else torch.float32)
     if case != "channels-first":
         x = x.contiguous(memory_format=torch.channels_last)
-    pool = nn.MaxPool2d(3 if case == "kernel-3" else 2, ceil_mode=case == "ceil-mode")
+    pool = nn.MaxPool2d(3 if case == "kernel-3" else 2)
     result = kernels.max_pool_relu(pool, x.requires_grad_())
     assert torch.equal(result, F.relu(pool(x)))
     assert type(result.grad_fn).__name__ != FUSED
@@ -75,11 +82,13 @@ def test_without_autograd_the_forward_is_pytorchs_too(lanes):
     assert torch.equal(result, F.relu(pool(x)))
 
 
-def test_a_training_step_is_the_same_with_and_without_the_kernel(lanes, monkeypatch):
-    """The whole `cnn-bn` step under bf16 autocast: every output and gradient identical."""
+@pytest.mark.parametrize("encoder", ["cnn-bn", "cnn-bn-wide-4x4"])
+def test_a_training_step_is_the_same_with_and_without_the_kernel(lanes, monkeypatch, encoder):
+    """The whole encoder's step under bf16 autocast (`cnn-bn-wide-4x4`: a ceil-mode last pool):
+    every output and gradient identical."""
     def step() -> list[torch.Tensor]:
         torch.manual_seed(0)
-        net = build_encoder("cnn-bn", 1, 28).to(memory_format=torch.channels_last)
+        net = build_encoder(encoder, 1, 28).to(memory_format=torch.channels_last)
         images = torch.rand(16, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = net(images)

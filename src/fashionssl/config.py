@@ -30,12 +30,12 @@ METHOD_LR = {"simclr": 4e-3, "rotation": 8e-3, "swav": 8e-3, "simsiam": 1e-3}
 class Config:
     # what to train
     method: str = "simclr"
-    encoder: str = "cnn-bn-wide"  # chosen on the validation split, docs/benchmarks.md "Towards a better recipe"
+    encoder: str = "cnn-bn-wide-4x4"  # chosen on the validation split, docs/benchmarks.md "The loss, milder crops and the idle minutes"
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. {temperature = 0.2}
     augment: str = "default"  # augmentation preset: default | seed | none
     augment_options: dict[str, Any] = field(default_factory=dict)  # per-field overrides of the preset
     # how to train
-    epochs: int = 10  # what cnn-bn-wide affords in the main job's 15 minutes on 2 CPU cores
+    epochs: int = 10  # more buys kNN, not the probe (docs/benchmarks.md "Ten or twenty epochs, three seeds")
     batch_size: int = 512
     optimizer: str = "adamw"  # adamw | sgd | lars
     lr: float | None = None  # peak learning rate, reached after warm-up; None: the method's (METHOD_LR)

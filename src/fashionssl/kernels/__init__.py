@@ -90,27 +90,28 @@ def build(library: Path, isa: str) -> None:
 
 class _MaxPoolReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
-        y, code = torch.ops.fashionssl.max_pool_relu(x)
+    def forward(ctx, x, ceil_mode):
+        y, code = torch.ops.fashionssl.max_pool_relu(x, ceil_mode)
         ctx.save_for_backward(code)
-        ctx.input_size = x.shape[-2:]
+        ctx.input_size, ctx.ceil_mode = x.shape[-2:], ceil_mode
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         (code,) = ctx.saved_tensors
-        return torch.ops.fashionssl.max_pool_relu_backward(grad, code, *ctx.input_size)
+        return torch.ops.fashionssl.max_pool_relu_backward(grad, code, *ctx.input_size, ctx.ceil_mode), None
 
 
 def max_pool_relu(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
-    """relu(pool(x)), exactly: one fused pass each way for a 2x2, stride-2 max-pool of a channels-last
-    bf16 or float32 CPU tensor whose channels fill the kernel's vectors; PyTorch's ops otherwise."""
+    """relu(pool(x)), exactly: one fused pass each way for a 2x2, stride-2 max-pool (floor or ceil mode)
+    of a channels-last bf16 or float32 CPU tensor whose channels fill the kernel's vectors; PyTorch's
+    ops otherwise."""
     fused = (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and x.dim() == 4
              and x.shape[-2] >= 2 and x.shape[-1] >= 2 and x.is_contiguous(memory_format=torch.channels_last)
              and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0))
-             and pool.dilation in (1, (1, 1)) and not pool.ceil_mode and not pool.return_indices)
+             and pool.dilation in (1, (1, 1)) and not pool.return_indices)
     lanes = cpu_lanes() if fused else None
     if lanes is None or x.shape[1] % lanes:
         return F.relu(pool(x))
-    return _MaxPoolReLU.apply(x)
+    return _MaxPoolReLU.apply(x, pool.ceil_mode)
