@@ -1,8 +1,9 @@
-"""Read a trained `cnn-bn-wide` run's last 7x7 map three ways and score each on the validation split
-only (linear probe, best weight decay of evaluation's grid), without retraining: max-pooled to 3x3
-as the encoder does (its last row and column dropped), max-pooled in ceil mode to 4x4 (kept; what
-`cnn-bn-wide-4x4` reads), and adaptive max-pooled to 3x3 (kept, in overlapping windows). With
-`--untrained`, the same for a freshly initialised encoder (seed 0).
+"""Read a trained `cnn-bn-wide` or `cnn-bn-wide-4x4` run's last 7x7 map four ways and score each on the
+validation split only (linear probe, best weight decay of evaluation's grid), without retraining:
+max-pooled to 3x3 as `cnn-bn-wide` does (its last row and column dropped), max-pooled in ceil mode
+to 4x4 (kept; what `cnn-bn-wide-4x4` reads), adaptive max-pooled to 3x3 (kept, in overlapping
+windows), and not pooled at all (12544-d). With `--untrained`, the same for a freshly initialised
+encoder (seed 0).
 
     .venv/bin/python benchmarks/readout.py runs/main-kernel --untrained
 """
@@ -22,6 +23,7 @@ READOUTS = {
     "3x3 (cnn-bn-wide)": lambda m: F.relu(F.max_pool2d(m, 2)),
     "4x4, ceil mode (cnn-bn-wide-4x4)": lambda m: F.relu(F.max_pool2d(m, 2, ceil_mode=True)),
     "3x3, adaptive max": lambda m: F.relu(F.adaptive_max_pool2d(m, 3)),
+    "7x7, not pooled": F.relu,
 }
 
 
