@@ -73,7 +73,7 @@ def main() -> None:
     # output and its input backward.
     folded = model.backbone.batch_norm  # ConvNet runs conv_bn on its first stage when it has BatchNorm
     stage_calls = [0]
-    fused = encoders.max_pool_relu
+    untimed = encoders.max_pool_relu
 
     def timed_max_pool_relu(pool: torch.nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
         stage = stage_calls[0] % 3 + 1
@@ -83,7 +83,7 @@ def main() -> None:
             stop("0-1 conv+BatchNorm folded forward")()
             x.register_hook(start("0-1 conv+BatchNorm folded backward"))
         start(f"{name} forward")()
-        y = fused(pool, x)
+        y = untimed(pool, x)
         stop(f"{name} forward")()
         y.register_hook(start(f"{name} backward"))
         x.register_hook(stop(f"{name} backward"))
@@ -120,7 +120,7 @@ def main() -> None:
     for key, total in sorted(seconds.items(), key=lambda kv: (not kv[0].startswith("step"), kv[0])):
         print(f"| {key} | {total / a.steps * 1000:.1f} |")
     if not folded:
-        print("\n(The first convolution has no backward row: its input needs no gradient, so the hook does not run.)")
+        print("\n(The first layer's backward reads 0: its input needs no gradient, so the hook does not run.)")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def main() -> None:
     a = p.parse_args()
     trained = load_trained(Path(a.run_dir))
     cfg = trained.config
-    device, amp = resolve_device(cfg.device), autocast_dtype(cfg.precision, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(cfg.precision, device)
     data, aug = load_data_for(trained), trained.augmentation()
     backbones = {"trained": trained.model.backbone}
     if a.untrained:

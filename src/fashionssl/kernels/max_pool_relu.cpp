@@ -76,20 +76,16 @@ void forward_kernel(const T* x, T* y, uint8_t* code, int64_t batch, int64_t chan
         const bool right = 2 * ow + 1 < width;
         for (int64_t c = 0; c < channels; c += kLanes) {
           // PyTorch's rule, window row by row: take a value if it is larger, or NaN.
-          vf best = load_float(window + c), value;
-          vi32 which = vi32{}, take;
-          if (right) {
-            value = load_float(window + channels + c);
-            take = (value > best) | (value != value), best = take ? value : best, which = take ? 1 : which;
-          }
-          if (bottom) {
-            value = load_float(window + row + c);
-            take = (value > best) | (value != value), best = take ? value : best, which = take ? 2 : which;
-          }
-          if (bottom && right) {
-            value = load_float(window + row + channels + c);
-            take = (value > best) | (value != value), best = take ? value : best, which = take ? 3 : which;
-          }
+          vf best = load_float(window + c);
+          vi32 which = vi32{};
+          const auto consider = [&](const T* p, int position) {
+            const vf value = load_float(p);
+            const vi32 take = (value > best) | (value != value);
+            best = take ? value : best, which = take ? position : which;
+          };
+          if (right) consider(window + channels + c, 1);
+          if (bottom) consider(window + row + c, 2);
+          if (bottom && right) consider(window + row + channels + c, 3);
           const vi32 zeroed = best <= 0.f;  // ReLU's gradient is 0 there (and NaN passes, as in PyTorch)
           store_float(y + out + c, zeroed ? vf{} : best);
           store_vec(code + out + c, narrow8(zeroed ? kZeroed : which));
