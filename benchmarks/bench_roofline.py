@@ -134,7 +134,8 @@ def main() -> None:
 
     # The reference peak is the matmul's in the precision that `--precision auto` trains in. bf16 is
     # timed only where that is bf16: emulated, on a CPU without AVX512-BF16 or AMX, it ran at 0-15
-    # GFLOP/s and took 14 of the script's 16.5 minutes (2-core AMD EPYC with AVX2 only, 2026-12-07).
+    # GFLOP/s and took all but a minute of the script's 16.6 minutes (2-core AMD EPYC with AVX2 only,
+    # 2026-12-07).
     precision = "bf16" if autocast_dtype("auto", device) == torch.bfloat16 else "fp32"
     dtypes = {name: dtype for name, dtype in DTYPES.items() if name in ("fp32", precision)}
     n = a.matmul_size
