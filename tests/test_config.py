@@ -51,7 +51,8 @@ def test_bad_values_name_the_key(key, value):
 
 def test_lr_defaults_to_the_method_s_own_and_a_given_lr_wins(tmp_path):
     assert make_config(None).lr == 4e-3  # SimCLR's, chosen on validation
-    assert make_config(None, method="byol").lr == 2e-3
+    assert make_config(None, method="byol").lr == 4e-3  # chosen at the default encoder
+    assert make_config(None, method="barlow").lr == 2e-3  # the shared default
     assert make_config(None, method="byol", lr=1e-3).lr == 1e-3
     (tmp_path / "run.toml").write_text('method = "moco"\nlr = 5e-4\n')
     assert make_config(tmp_path / "run.toml").lr == 5e-4

@@ -19,7 +19,7 @@ def check(cfg: Config) -> None:
     augment.make_config(cfg.augment, **cfg.augment_options)
 
 
-BENCH_FILES = ["bench.toml", "bench-20.toml", "bench-cnn-bn.toml", "shapes.toml"]  # `fashionssl bench --config`
+BENCH_FILES = ["bench.toml", "bench-20.toml", "bench-4x4.toml", "bench-cnn-bn.toml", "shapes.toml"]  # `fashionssl bench --config`
 RUN_CONFIGS = ["long.toml"]  # `fashionssl run --config`
 
 
