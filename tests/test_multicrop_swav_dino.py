@@ -289,7 +289,8 @@ def test_convnet_features_of_small_crops():
 # test_methods' budget (96 steps of batch 64). DINO needs a lower learning rate (its paper scales
 # 5e-4 per 256 images; at 2e-3 it stays at the untrained level here) and a teacher that keeps up
 # with the student over so few steps (momentum 0.96). Measured margins on a busy 2-core CPU:
-# swav +0.026 at its lr of 4e-3 (AVX2 kernels +0.024; +0.030 at 8e-3, its lr before), dino +0.019 (dino at lr 2e-3: +0.001 with momentum 0.9, +0.007 with 0.96).
+# swav +0.026 at its lr of 4e-3 (AVX2 kernels +0.024; +0.030 at 8e-3, its lr before), dino +0.019
+# (dino at lr 2e-3: +0.001 with momentum 0.9, +0.007 with 0.96).
 RUN_OVERRIDES = {"swav": {}, "dino": {"lr": 5e-4, "method_options": {"momentum": 0.96}},
                  "simclr": {"method_options": {"local_crops": 4}},  # SimCLR with multi-crop
                  "simclr-debiased": {"method_options": {"loss": "debiased"}},  # named method-variant
