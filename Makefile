@@ -28,11 +28,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# every method at the main job's budget over three seeds, docs/benchmarks.md (about 2 hours a seed
-# on 2 Intel Xeon cores for all eleven; resumable: a rerun reads finished runs back and continues an
-# interrupted one)
+# every method at the main job's budget and today's defaults over three seeds, docs/benchmarks.md
+# (about 80 minutes a seed on 2 Intel Xeon cores for all eleven; resumable: a rerun reads finished
+# runs back and continues an interrupted one)
 bench: setup
-	$(BIN)/fashionssl bench --config configs/bench.toml --out runs/bench-wide --seeds 0,1,2
+	$(BIN)/fashionssl bench --config configs/bench-4x4.toml --out runs/bench-4x4-tuned --seeds 0,1,2
 
 system-packages:
 	@scripts/ensure-system-packages.sh
