@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $@
 
 # every method at the main job's budget and today's defaults over three seeds, docs/benchmarks.md
-# (about 80 minutes a seed on 2 Intel Xeon cores for all eleven; resumable: a rerun reads finished
-# runs back and continues an interrupted one)
+# (about 80 minutes a seed on 2 Intel Xeon cores for all eleven, the sum of that file's per-method
+# times; resumable: a rerun reads finished runs back and continues an interrupted one)
 bench: setup
 	$(BIN)/fashionssl bench --config configs/bench-4x4.toml --out runs/bench-4x4-tuned --seeds 0,1,2
 

@@ -45,11 +45,15 @@ def method_rows(folders: list[Path]) -> list[dict]:
     found = [(run, json.loads((run / "config.json").read_text()), json.loads((run / "results.json").read_text()))
              for run in runs]
     recipes = {run: recipe(config) for run, config, _ in found}
+    by_method: dict[str, list[dict]] = {}
+    for run, config, _ in found:
+        by_method.setdefault(config["method"], []).append(recipes[run])
+    differing = {method: sorted(key for key in set().union(*group) if len({r.get(key) for r in group}) > 1)
+                 for method, group in by_method.items()}
     rows, seen = [], {}
     for run, config, results in found:
-        same_method = [recipes[other] for other, c, _ in found if c["method"] == config["method"]]
-        differing = sorted(key for key in recipes[run] if len({r.get(key) for r in same_method}) > 1)
-        name = config["method"] + (f" ({', '.join(f'{k} {recipes[run][k]}' for k in differing)})" if differing else "")
+        named = [f"{key} {recipes[run].get(key)}" for key in differing[config["method"]]]
+        name = config["method"] + (f" ({', '.join(named)})" if named else "")
         if (name, config["seed"]) in seen:
             raise UserError(f"{run} and {seen[name, config['seed']]} are both {name} at seed {config['seed']}; "
                             "pass only one of them")
@@ -58,7 +62,7 @@ def method_rows(folders: list[Path]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["name"], r["seed"]))
 
 
-def baseline_rows(folders: list[Path]) -> list[dict]:
+def recorded_baseline_rows(folders: list[Path]) -> list[dict]:
     """The raw-pixel and untrained-encoder rows of every baselines.json under `folders`, each (name,
     seed) once."""
     rows, seen = [], set()
@@ -95,7 +99,7 @@ def main() -> None:
         methods = method_rows(folders)
     except UserError as e:
         p.error(str(e))
-    rows = baseline_rows(folders) + methods
+    rows = recorded_baseline_rows(folders) + methods
     print("Probe test / probe validation / kNN test (%):\n\n" + per_seed_table(rows))
     print("\n" + seeds_table(rows))
     simclr_seeds = {r["seed"] for r in methods if r["name"] == "simclr"}
