@@ -9,11 +9,13 @@ that subset as the bank at several k; the label-efficiency routine's fine-tuning
 its from-scratch baseline (`label_efficiency.train_classifier`, the settings of `evaluate
 --label-fractions --finetune`); on request, variants of that routine: other lrs and step counts,
 the head started from the best probe's solution (LP-FT), BatchNorm's statistics recomputed after
-training, and the fine-tuned classifier distilled into the pretrained encoder over every training
-image, labelled or not (`distill`).
+training, the fine-tuned classifier distilled into the pretrained encoder over every training
+image, labelled or not (`distill`), and FixMatch from the pretrained encoder at several step counts
+(`label_efficiency.fixmatch_classifier`, the settings of `evaluate --fixmatch`).
 
     .venv/bin/python benchmarks/bench_low_label.py runs/main-fold --distill-steps 500,2000 \
         --finetune-lrs 3e-4,1e-4 --finetune-steps 1500 --lp-ft-lrs 1e-3,3e-4,1e-4 --recalibrate
+    .venv/bin/python benchmarks/bench_low_label.py runs/sweep-methods-4x4/swav-lr-4e-3 --fixmatch-steps 3000,6000
 """
 
 import argparse
@@ -28,10 +30,10 @@ from fashionssl.augment import AugmentConfig, normalize
 from fashionssl.data import Split
 from fashionssl.device import autocast_dtype, resolve_device
 from fashionssl.evaluate import load_data_for, load_trained
-from fashionssl.label_efficiency import (FINETUNE_AUGMENT, LabelFractions, classifier_accuracy, label_subsets,
-                                         reinitialised, take, train_classifier)
+from fashionssl.label_efficiency import (FINETUNE_AUGMENT, LabelFractions, classifier_accuracy, fixmatch_classifier,
+                                         label_subsets, reinitialised, take, train_classifier)
 from fashionssl.probe import (accuracy, extract_features, feature_statistics, fit_linear_classifier, knn_predict,
-                              standardize)
+                              on_raw_features, standardize)
 
 WEIGHT_DECAYS = (10, 3, 1, 0.3, 0.1, 0.03, 0.01, 1e-3)
 KNN_K = (10, 20, 50)
@@ -81,6 +83,7 @@ def main() -> None:
     p.add_argument("--finetune-lrs", default="", help="comma list of other fine-tuning lrs, at the routine's steps")
     p.add_argument("--finetune-steps", default="", help="comma list of other fine-tuning step counts, at its lr")
     p.add_argument("--lp-ft-lrs", default="", help="comma list of lrs to fine-tune at from the best probe's head")
+    p.add_argument("--fixmatch-steps", default="", help="comma list of FixMatch step counts (none by default)")
     p.add_argument("--recalibrate", action="store_true",
                    help="also score the fine-tuned and scratch classifiers with BatchNorm statistics recomputed "
                         "on the unaugmented labelled images, and on all training images")
@@ -92,7 +95,8 @@ def main() -> None:
     data = load_data_for(trained, a.data)
     aug = trained.augmentation()
     backbone = model.backbone.to(device)
-    train = take(data.train, label_subsets(data, a.fraction, seed=0)[0])
+    train_idx, val_idx = label_subsets(data, a.fraction, seed=0)
+    train = take(data.train, train_idx)
     val_y = data.val.labels.to(device)
     print(f"{time.strftime('%Y-%m-%d')}, {cfg.method} {cfg.encoder} {epochs} epochs ({a.run_dir}), "
           f"{len(train)} labelled training images; accuracy on all {len(data.val)} validation images\n")
@@ -128,12 +132,7 @@ def main() -> None:
                 + [(f"fine-tuned ({steps} steps)", dataclasses.replace(settings, steps=steps), None)
                    for steps in numbers(a.finetune_steps, int)])
     if a.lp_ft_lrs:
-        # The best probe's layer, undone from standardised to raw features: the head's starting point.
-        mean, std = feature_statistics(features[0])
-        head = nn.Linear(x.shape[1], len(data.info.class_names)).to(device)
-        with torch.no_grad():
-            head.weight.copy_(best[1].weight / std)
-            head.bias.copy_(best[1].bias - head.weight @ mean)
+        head = on_raw_features(best[1], *feature_statistics(features[0]))  # the best probe, as the head's start
         variants += [(f"LP-FT: fine-tuned from the best probe's head, lr {lr:g} ({settings.steps} steps)",
                       dataclasses.replace(settings, lr=lr), head) for lr in numbers(a.lp_ft_lrs, float)]
     for name, variant, head in variants:
@@ -145,6 +144,12 @@ def main() -> None:
                           aug, train_aug, device, dataclasses.replace(settings, steps=steps), amp)
         print(f"| fine-tuned, then distilled on all {len(data.train)} training images ({steps} steps) | "
               f"{100 * classifier_accuracy(student, data.val, aug, device, amp):.2f}% |")
+    for steps in numbers(a.fixmatch_steps, int):  # its head's weight decay chosen on the validation subset
+        classifier = fixmatch_classifier(copy.deepcopy(backbone), train, take(data.val, val_idx), data.train.images,
+                                         data.info.class_names, aug, device,
+                                         dataclasses.replace(settings, fixmatch_steps=steps), amp)
+        print(f"| FixMatch from the pretrained encoder, with all {len(data.train)} training images unlabelled "
+              f"({steps} steps) | {100 * classifier_accuracy(classifier, data.val, aug, device, amp):.2f}% |")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Tests for fashionssl.label_efficiency: stratified, nested, seeded label subsets; fraction parsing
 and its CLI errors; fine-tuning from a random initialisation; training on class probabilities, as
-the low-label study's distillation does; and one small real run of `evaluate --label-fractions
---finetune` that must produce every result key."""
+the low-label study's distillation does; FixMatch's loss by known answers and its training on a
+small pool; and one small real run of `evaluate --label-fractions --finetune --fixmatch` that must
+produce every result key."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -24,7 +26,9 @@ from fashionssl.label_efficiency import (
     reinitialised,
     stratified_subset,
     train_classifier,
+    train_fixmatch,
 )
+from fashionssl.losses import fixmatch_loss
 from fashionssl.methods.supervised import Supervised
 
 # No single_thread here: the shared `trained_run` may be built by this module, and test_train checks
@@ -82,7 +86,11 @@ def test_bad_fractions_are_user_errors(text):
     (["--finetune"], ["--finetune", "--label-fractions"]),
     (["--finetune-steps", "100"], ["--finetune-steps", "--label-fractions"]),
     (["--label-fractions", "0.1", "--finetune-steps", "0"], ["steps", "--finetune-steps"]),
-], ids=["zero", "above-one", "not-a-number", "empty", "finetune-alone", "steps-alone", "zero-steps"])
+    (["--fixmatch"], ["--fixmatch", "--label-fractions"]),
+    (["--label-fractions", "0.1", "--fixmatch-steps", "10"], ["--fixmatch-steps", "add --fixmatch"]),
+    (["--label-fractions", "0.1", "--fixmatch", "--fixmatch-steps", "0"], ["fixmatch_steps", "--fixmatch-steps"]),
+], ids=["zero", "above-one", "not-a-number", "empty", "finetune-alone", "steps-alone", "zero-steps", "fixmatch-alone",
+        "fixmatch-steps-alone", "zero-fixmatch-steps"])
 def test_cli_bad_label_fractions_exit_2_with_one_line(argv, words, tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nowhere"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -173,9 +181,44 @@ def test_supervised_takes_class_probabilities_as_labels():
     assert soft_logs["train_acc"] == hard_logs["train_acc"]
 
 
+def test_fixmatch_loss_learns_confident_pseudo_labels_only():
+    weak = torch.tensor([[10.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 10.0]], requires_grad=True)
+    strong = torch.tensor([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    loss, confident = fixmatch_loss(weak, strong, threshold=0.95)
+    # images 0 and 2 are confident (p = 0.99991) in classes 0 and 2; image 1 (p = 1/3) adds zero,
+    # and the mean is over all three: (log 3 + log 3 + 0) / 3
+    torch.testing.assert_close(loss, torch.tensor(2 * math.log(3) / 3))
+    torch.testing.assert_close(confident, torch.tensor(2 / 3))
+    loss.backward()
+    assert weak.grad is None  # the pseudo-labels are targets, not paths for the gradient
+    torch.testing.assert_close(strong.grad[1], torch.zeros(3))
+    torch.testing.assert_close(strong.grad[0], (torch.full((3,), 1 / 3) - torch.tensor([1.0, 0, 0])) / 3)
+    below, none = fixmatch_loss(weak, strong, threshold=1.0)  # nothing reaches certainty: nothing to learn
+    assert below.item() == 0 and none.item() == 0
+
+
+def test_fixmatch_trains_the_encoder_on_the_unlabelled_pool(small_data):
+    train = Split(small_data.train.images[:100], small_data.train.labels[:100])
+    aug = make_config("default")
+    settings = LabelFractions((0.1,), fixmatch=True, fixmatch_steps=30)
+
+    def fixmatch(pool: torch.Tensor) -> torch.nn.Sequential:
+        backbone = reinitialised(build_encoder("cnn-bn"), seed=0)
+        head = torch.nn.Linear(1152, 10)
+        head.bias.data = 10 * torch.nn.functional.one_hot(torch.tensor(3), 10).float()  # confident from the start
+        return train_fixmatch(backbone, head, train, pool, aug, torch.device("cpu"), settings)
+
+    model = fixmatch(small_data.train.images[100:2100])
+    assert not model.training
+    test = Split(small_data.test.images[:500], small_data.test.labels[:500])
+    assert classifier_accuracy(model, test, aug, torch.device("cpu")) > 0.3  # chance: 0.1; measured 0.61
+    other = fixmatch(small_data.train.images[2100:])  # the same labelled images, another pool
+    assert not torch.equal(model[1].weight, other[1].weight)
+
+
 def test_evaluate_with_label_fractions_writes_every_key(trained_run, tmp_path):
     _, run_dir = trained_run
-    settings = LabelFractions((1.0, 0.1), finetune=True, steps=5, batch_size=32)
+    settings = LabelFractions((1.0, 0.1), finetune=True, steps=5, batch_size=32, fixmatch=True, fixmatch_steps=3)
     results = evaluate_checkpoint(run_dir, out=tmp_path / "results.json", label_fractions=settings)
     assert json.loads((tmp_path / "results.json").read_text()) == results
     assert "linear_probe_test_acc" in results and "knn_test_acc" in results  # the existing keys stay
@@ -185,7 +228,8 @@ def test_evaluate_with_label_fractions_writes_every_key(trained_run, tmp_path):
     for row in by_fraction.values():
         assert set(row) == {"n_train_labels", "n_val_labels", "n_labels", "probe_test_acc", "probe_val_acc",
                             "weight_decay", "finetune_val_acc", "finetune_test_acc", "scratch_val_acc",
-                            "scratch_test_acc", "seconds"}
+                            "scratch_test_acc", "fixmatch_val_acc", "fixmatch_test_acc", "fixmatch_scratch_val_acc",
+                            "fixmatch_scratch_test_acc", "seconds"}
         assert all(0 <= row[k] <= 1 for k in row if k.endswith("_acc"))
     # the small data: 2,500 training and 500 validation images
     assert (by_fraction["0.1"]["n_train_labels"], by_fraction["0.1"]["n_val_labels"]) == (250, 100)
@@ -195,7 +239,7 @@ def test_evaluate_with_label_fractions_writes_every_key(trained_run, tmp_path):
     assert by_fraction["1"]["probe_test_acc"] == results["linear_probe_test_acc"]
     assert by_fraction["1"]["weight_decay"] == results["linear_probe_weight_decay"]
     table = results_table(results)
-    assert "from scratch" in table and "fine-tune" in table
+    assert "from scratch" in table and "fine-tune" in table and "FixMatch" in table
     assert f"{100 * by_fraction['0.1']['scratch_test_acc']:.2f}%" in table
 
 

@@ -100,7 +100,8 @@ def has_label_fractions(results: dict, settings: LabelFractions) -> bool:
     rows = results.get("label_fractions", {})
     return (results.get("label_fractions_protocol") == settings.protocol()
             and set(rows) == {f"{f:g}" for f in settings.fractions}
-            and (not settings.finetune or all("finetune_test_acc" in row for row in rows.values())))
+            and (not settings.finetune or all("finetune_test_acc" in row for row in rows.values()))
+            and (not settings.fixmatch or all("fixmatch_test_acc" in row for row in rows.values())))
 
 
 def run_method(method: str, run_dir: Path, overrides: dict[str, Any],

@@ -173,7 +173,8 @@ def results_table(results: dict) -> str:
 def label_fractions_table(by_fraction: dict) -> str:
     """Test accuracy per label fraction: probe, fine-tuning (when run) and training from scratch."""
     columns = [("linear probe", "probe_test_acc"), ("fine-tune", "finetune_test_acc"),
-               ("from scratch", "scratch_test_acc")]
+               ("from scratch", "scratch_test_acc"), ("FixMatch", "fixmatch_test_acc"),
+               ("FixMatch from scratch", "fixmatch_scratch_test_acc")]
     columns = [c for c in columns if any(c[1] in row for row in by_fraction.values())]
     lines = ["| labels | train + val | " + " | ".join(name for name, _ in columns) + " |",
              "|-------:|------------:|" + "|".join("-" * (len(name) + 1) + ":" for name, _ in columns) + "|"]

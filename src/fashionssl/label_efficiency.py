@@ -7,12 +7,16 @@ on: a user with 600 labels does not also have 5,000 labelled validation images. 
 prefixes of one seeded stratified order of each split, so they are nested (the 1% subset lies inside
 the 10% one) and the same for the same seed.
 
-Three classifiers per fraction, each scored on the test set once:
+The classifiers of each fraction, each scored on the test set once:
 - probe: `evaluate.linear_probe` on the frozen features (extracted once for every fraction), its
   weight decay chosen on the validation subset, refitted on the training + validation subsets;
 - fine-tune (optional): the pretrained encoder and a linear head trained together on the subset;
 - scratch: the same routine from a random initialisation of the same architecture, the
-  supervised-from-scratch baseline that self-supervision has to beat.
+  supervised-from-scratch baseline that self-supervision has to beat;
+- FixMatch (optional): semi-supervised fine-tuning, which also learns from every training image
+  without its label (`train_fixmatch`), from the pretrained encoder and, as its baseline, from the
+  same random initialisation as scratch; each head starts from the probe on its starting encoder's
+  features of the training subset.
 
 Fine-tuning runs a fixed number of optimisation steps whatever the subset size (600 images would be
 under-trained by any epoch count that suits 55,000): AdamW with warm-up and cosine decay, one
@@ -31,24 +35,40 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from . import augment
 from .data import Dataset, Split, stratified_order
 from .errors import UserError
+from .losses import fixmatch_loss
 from .methods.supervised import Supervised
 from .optim import build_optimizer
-from .probe import accuracy, count_classes, extract_features, linear_probe
+from .probe import (accuracy, best_weight_decay, count_classes, extract_features, feature_statistics, linear_probe,
+                    on_raw_features, probe_on_validation)
 from .schedules import warmup_cosine
 from .train import train_step
 
 MIN_VAL_PER_CLASS = 10
 # The classifiers of each fraction, as results name them (`{key}_test_acc`) and as tables label them.
 LABEL_EFFICIENCY_CLASSIFIERS = (("probe", "linear probe (frozen)"), ("finetune", "fine-tuned"),
-                                ("scratch", "from scratch"))
+                                ("scratch", "from scratch"), ("fixmatch", "FixMatch (+ unlabelled images)"),
+                                ("fixmatch_scratch", "FixMatch from scratch"))
 # Lighter than pretraining's views: a classifier learns from what the crop keeps, and blur hides it.
 FINETUNE_AUGMENT = {"crop_scale": (0.5, 1.0), "blur_p": 0.0}
+# FixMatch's two views of an image, each applied to the run's augmentation: the weak one, whose
+# confident predictions become pseudo-labels (crop and flip, as the paper's flip and shift), and
+# the strong one that must match them (pretraining's views with random erasing, in place of the
+# paper's RandAugment and Cutout). Its other settings are the paper's: a confidence threshold of
+# 0.95, four unlabelled images per labelled one, the unlabelled term at weight 1; batch 64 of
+# labelled images. Chosen as the paper's, checked on the validation split (docs/benchmarks.md,
+# "FixMatch at 1%"), not tuned there.
+FIXMATCH_WEAK_AUGMENT = {"crop_scale": (0.7, 1.0), "jitter_p": 0.0, "blur_p": 0.0}
+FIXMATCH_STRONG_AUGMENT = {"erase_p": 0.5}
+FIXMATCH_THRESHOLD = 0.95
+FIXMATCH_UNLABELLED_PER_LABELLED = 4
+FIXMATCH_BATCH = 64
 EXAMPLE = "pass fractions of the labels in (0, 1], e.g. --label-fractions 0.01,0.1,1.0"
 
 
@@ -63,15 +83,30 @@ class LabelFractions:
     lr: float = 1e-3
     weight_decay: float = 0.05  # AdamW's decoupled decay, on weights only (not biases and norms)
     seed: int = 0  # subsets, initialisation, batch order and augmentation
+    fixmatch: bool = False  # also fine-tune semi-supervised, with the unlabelled training images
+    # FixMatch's steps at the same lr and weight decay: 0.12-0.17 s each for cnn-bn-wide-4x4 on 2 cores
+    # of an Intel Xeon with AMX (6-8.5 minutes); checked on the validation split at 1% of the labels
+    # against twice as many (docs/benchmarks.md, "FixMatch at 1%").
+    fixmatch_steps: int = 3000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", check_fractions(self.fractions))
-        for name in ("steps", "batch_size"):
+        for name, option in (("steps", "--finetune-steps"), ("batch_size", "--finetune-steps"),
+                             ("fixmatch_steps", "--fixmatch-steps")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"fine-tuning {name} must be an integer >= 1, got {value!r}; fix --finetune-steps")
+                raise UserError(f"fine-tuning {name} must be an integer >= 1, got {value!r}; fix {option}")
 
     def protocol(self) -> str:
+        fixmatch = [
+            f"FixMatch: the pretrained encoder (and, as its baseline, scratch's initialisation), its head started "
+            f"from the probe on its features of the training subset, "
+            f"trained {self.fixmatch_steps} steps on batches of {FIXMATCH_BATCH} labelled images and "
+            f"{FIXMATCH_UNLABELLED_PER_LABELLED * FIXMATCH_BATCH} images of the whole training split without their "
+            f"labels (pseudo-labels from weak views {FIXMATCH_WEAK_AUGMENT} at confidence >= {FIXMATCH_THRESHOLD}, "
+            f"learnt on strong views: the run's augmentation with {FIXMATCH_STRONG_AUGMENT}), AdamW lr {self.lr:g}, "
+            f"weight decay {self.weight_decay:g}, warm-up + cosine",
+        ] if self.fixmatch else []
         return "; ".join([
             "training subset: a stratified fraction of the training split (at least 1 per class); validation "
             f"subset: the same fraction of the validation split (at least {MIN_VAL_PER_CLASS} per class), the only "
@@ -82,6 +117,7 @@ class LabelFractions:
             f"weight decay {self.weight_decay:g}, {self.steps} steps of batch {self.batch_size} whatever the "
             f"subset size (fixed, not chosen on validation), warm-up + cosine, one augmented view per image "
             f"(the run's augmentation with {FINETUNE_AUGMENT}); scratch = the same architecture, randomly initialised",
+            *fixmatch,
             "test split used once per fraction and classifier",
         ])
 
@@ -196,6 +232,61 @@ def train_classifier(backbone: nn.Module, train: Split, class_names: tuple[str, 
     return nn.Sequential(model.backbone, model.classifier).eval()
 
 
+def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelled: torch.Tensor,
+                   aug: augment.AugmentConfig, device: torch.device, settings: LabelFractions,
+                   autocast_dtype: torch.dtype | None = None) -> nn.Sequential:
+    """FixMatch (Sohn et al., 2020, "Simplifying semi-supervised learning with consistency and
+    confidence"): `backbone` (modified in place) and a copy of `head` learn the labelled images of
+    `train` by cross entropy, and the `unlabelled` images (uint8, labels never seen) by
+    `fixmatch_loss` between a weak and a strong view of each; one forward pass over all three sets of
+    views, so BatchNorm normalises them together, as the paper does. Returns the classifier in eval
+    mode. The weak and strong views are `aug` changed by FIXMATCH_WEAK_AUGMENT / _STRONG_AUGMENT."""
+    weak = dataclasses.replace(aug, **FIXMATCH_WEAK_AUGMENT)
+    strong = dataclasses.replace(aug, **FIXMATCH_STRONG_AUGMENT)
+    model = nn.Sequential(backbone, copy.deepcopy(head)).to(device).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer("adamw", model, settings.lr, settings.weight_decay)
+    steps = settings.fixmatch_steps
+    lrs = warmup_cosine(settings.lr, steps, steps // 20).tolist()
+    order = torch.Generator().manual_seed(settings.seed)
+    batch = min(FIXMATCH_BATCH, len(train))
+    labelled_order = batch_indices(len(train), steps, batch, order).to(device)
+    unlabelled_order = batch_indices(len(unlabelled), steps, FIXMATCH_UNLABELLED_PER_LABELLED * batch, order).to(device)
+    images, labels, unlabelled = train.images.to(device), train.labels.to(device), unlabelled.to(device)
+    generator = torch.Generator(device).manual_seed(settings.seed)
+    model.train()
+    for step in tqdm(range(steps), desc="FixMatch", unit="step", dynamic_ncols=True, mininterval=1.0, leave=False,
+                     disable=None):
+        for group in optimizer.param_groups:
+            group["lr"] = lrs[step]
+        pool = unlabelled[unlabelled_order[step]]
+        views = torch.cat([augment.augment(images[labelled_order[step]], weak, generator),
+                           augment.augment(pool, weak, generator), augment.augment(pool, strong, generator)])
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            logits = model(views.contiguous(memory_format=torch.channels_last)).float()
+        labelled_logits, weak_logits, strong_logits = logits.split([batch, len(pool), len(pool)])
+        loss = F.cross_entropy(labelled_logits, labels[labelled_order[step]]) \
+            + fixmatch_loss(weak_logits, strong_logits, FIXMATCH_THRESHOLD)[0]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if not math.isfinite(loss.item()):
+            raise UserError(f"FixMatch: loss became {loss.item()} at step {step + 1}; lower the fine-tuning lr")
+    return model.eval()
+
+
+def fixmatch_classifier(backbone: nn.Module, train: Split, val: Split, unlabelled: torch.Tensor,
+                        class_names: tuple[str, ...], aug: augment.AugmentConfig, device: torch.device,
+                        settings: LabelFractions, autocast_dtype: torch.dtype | None = None) -> nn.Sequential:
+    """`train_fixmatch` from `backbone` (modified in place) with a head that already knows the
+    labelled images: the linear probe on `backbone`'s features of `train`, at the weight decay
+    `val` chooses."""
+    train_xy, val_xy = [(extract_features(backbone, s.images, aug, device, autocast_dtype=autocast_dtype),
+                         s.labels.to(device)) for s in (train, val)]
+    val_accuracy, solutions = probe_on_validation(train_xy, val_xy, len(class_names))
+    head = on_raw_features(solutions[best_weight_decay(val_accuracy)], *feature_statistics(train_xy[0]))
+    return train_fixmatch(backbone, head, train, unlabelled, aug, device, settings, autocast_dtype)
+
+
 def classifier_accuracy(model: nn.Module, split: Split, aug: augment.AugmentConfig, device: torch.device,
                         autocast_dtype: torch.dtype | None = None) -> float:
     logits = extract_features(model, split.images, aug, device, autocast_dtype=autocast_dtype)
@@ -229,9 +320,15 @@ def label_fraction_results(settings: LabelFractions, backbone: nn.Module, data: 
         runs = {"scratch": reinitialised(backbone, settings.seed)}
         if settings.finetune:
             runs = {"finetune": copy.deepcopy(backbone), **runs}
-        for name, start_from in runs.items():
-            model = train_classifier(start_from, train, data.info.class_names, train_aug, device, settings,
-                                     autocast_dtype, desc=f"{name} {fraction:g}")
+        classifiers = {name: train_classifier(start_from, train, data.info.class_names, train_aug, device, settings,
+                                              autocast_dtype, desc=f"{name} {fraction:g}")
+                       for name, start_from in runs.items()}
+        if settings.fixmatch:
+            starts = {"fixmatch": copy.deepcopy(backbone), "fixmatch_scratch": reinitialised(backbone, settings.seed)}
+            classifiers |= {name: fixmatch_classifier(start_from, train, val, data.train.images, data.info.class_names,
+                                                      aug, device, settings, autocast_dtype)
+                            for name, start_from in starts.items()}
+        for name, model in classifiers.items():
             row[f"{name}_val_acc"] = classifier_accuracy(model, val, aug, device, autocast_dtype)
             row[f"{name}_test_acc"] = classifier_accuracy(model, data.test, aug, device, autocast_dtype)
         row["seconds"] = round(time.perf_counter() - start, 2)

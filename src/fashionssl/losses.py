@@ -321,3 +321,16 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float = 25.0, std
     covariance = (_off_diagonal(a.T @ a / (len(a) - 1)).square().sum()
                   + _off_diagonal(b.T @ b / (len(b) - 1)).square().sum()) / d
     return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+
+
+def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.95,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's unlabelled term (Sohn et al., 2020): where the classifier is confident about a weak
+    view (its top class probability at least `threshold`), that class is the pseudo-label its strong
+    view must be classified as; other images add zero. The mean is over all N images, confident or
+    not, as in the paper, so the term grows as confidence spreads. Returns (loss, the fraction of
+    images above the threshold). No gradient flows through the pseudo-labels."""
+    confidence, pseudo_labels = torch.softmax(weak_logits.detach().float(), dim=1).max(dim=1)
+    mask = (confidence >= threshold).float()
+    loss = (F.cross_entropy(strong_logits.float(), pseudo_labels, reduction="none") * mask).mean()
+    return loss, mask.mean()

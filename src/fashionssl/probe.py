@@ -109,6 +109,16 @@ def feature_statistics(fit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return fit.mean(0), fit.std(0).clamp_min(1e-6)
 
 
+def on_raw_features(layer: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> nn.Linear:
+    """The linear layer that gives on raw features what `layer` gives on features standardised by
+    (mean, std): W / std, b - (W / std) @ mean. A probe's solution as a head for the raw backbone."""
+    raw = nn.Linear(layer.in_features, layer.out_features, device=layer.weight.device)
+    with torch.no_grad():
+        raw.weight.copy_(layer.weight / std)
+        raw.bias.copy_(layer.bias - raw.weight @ mean)
+    return raw
+
+
 def standardize(fit: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     """Scale every feature to zero mean and unit variance using statistics of `fit` alone."""
     mean, std = feature_statistics(fit)

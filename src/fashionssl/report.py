@@ -178,7 +178,7 @@ def knn_figure(runs: list[tuple[str, list[dict]]]) -> Figure:
     return fig
 
 
-LINE_STYLES = {"probe": "o-", "finetune": "s--", "scratch": "x:"}  # per label-efficiency classifier
+LINE_STYLES = {"probe": "o-", "finetune": "s--", "scratch": "x:", "fixmatch": "^-.", "fixmatch_scratch": "v:"}  # per label-efficiency classifier
 
 
 def label_efficiency_figure(runs: list[tuple[str, dict]]) -> Figure:
@@ -417,11 +417,13 @@ def label_efficiency_section(page: Page, runs: list[Run]) -> None:
         return
     page.figure(label_efficiency_figure(measured), "label-efficiency.png",
                 "test accuracy when only a stratified fraction of the labels exists: a linear probe on the frozen "
-                "encoder, the encoder fine-tuned, and the same architecture trained from scratch on the same subset")
-    rows = [[name, fraction, f"{row['n_labels']:,}"] + [accuracy_cell(row, f"{key}_test_acc") for key, _ in
-                                                        LABEL_EFFICIENCY_CLASSIFIERS]
+                "encoder, the encoder fine-tuned, the same architecture trained from scratch on the same subset and, "
+                "where run, FixMatch, which also learns from the images without their labels")
+    classifiers = [(key, label) for key, label in LABEL_EFFICIENCY_CLASSIFIERS
+                   if any(f"{key}_test_acc" in row for _, by_fraction in measured for row in by_fraction.values())]
+    rows = [[name, fraction, f"{row['n_labels']:,}"] + [accuracy_cell(row, f"{key}_test_acc") for key, _ in classifiers]
             for name, by_fraction in measured for fraction, row in by_fraction.items()]
-    page.table(["run", "fraction", "labelled images"] + [label for _, label in LABEL_EFFICIENCY_CLASSIFIERS], rows)
+    page.table(["run", "fraction", "labelled images"] + [label for _, label in classifiers], rows)
     protocol = next(r.results.get("label_fractions_protocol") for r in runs if r.results and "label_fractions" in r.results)
     if protocol:
         page.note(f"Protocol: {protocol}.")
