@@ -211,7 +211,7 @@ def test_fixmatch_trains_the_encoder_on_the_unlabelled_pool(small_data):
     model = fixmatch(small_data.train.images[100:2100])
     assert not model.training
     test = Split(small_data.test.images[:500], small_data.test.labels[:500])
-    assert classifier_accuracy(model, test, aug, torch.device("cpu")) > 0.3  # chance: 0.1; measured 0.61
+    assert classifier_accuracy(model, test, aug, torch.device("cpu")) > 0.3  # chance: 0.1; measured 0.56 (Intel Xeon)
     other = fixmatch(small_data.train.images[2100:])  # the same labelled images, another pool
     assert not torch.equal(model[1].weight, other[1].weight)
 

@@ -93,7 +93,7 @@ def add_label_fraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixmatch", action="store_true",
                         help="with --label-fractions: also fine-tune semi-supervised (FixMatch), learning from every "
                              "training image without its label too, from the pretrained encoder and from scratch "
-                             "(two runs of 3,000 steps: about 15 minutes per fraction on 2 cores)")
+                             "(two runs of 3,000 steps: 10-14.5 minutes per fraction on 2 cores of an Intel Xeon)")
     parser.add_argument("--fixmatch-steps", type=int, metavar="N",
                         help="optimisation steps of each FixMatch run (default 3000)")
 

@@ -84,9 +84,9 @@ class LabelFractions:
     weight_decay: float = 0.05  # AdamW's decoupled decay, on weights only (not biases and norms)
     seed: int = 0  # subsets, initialisation, batch order and augmentation
     fixmatch: bool = False  # also fine-tune semi-supervised, with the unlabelled training images
-    # FixMatch's steps at the same lr and weight decay: 0.12-0.17 s each for cnn-bn-wide-4x4 on 2 cores
-    # of an Intel Xeon with AMX (6-8.5 minutes); checked on the validation split at 1% of the labels
-    # against twice as many (docs/benchmarks.md, "FixMatch at 1%").
+    # FixMatch's steps at the same lr and weight decay, checked on the validation split at 1% of the
+    # labels against twice as many; for cnn-bn-wide-4x4 on 2 cores of an Intel Xeon with AMX, a 1%
+    # row with both FixMatch runs took 10-14.5 minutes (docs/benchmarks.md, "FixMatch at 1%").
     fixmatch_steps: int = 3000
 
     def __post_init__(self) -> None:
