@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from fashionssl.cli import main
+from fashionssl.cli import label_fractions_from_args, main, parser
 from fashionssl.data import FASHION_MNIST_CLASSES, Split, load_dataset
 from fashionssl.encoders import build_encoder
 from fashionssl.augment import make_config, normalize
@@ -89,8 +89,10 @@ def test_bad_fractions_are_user_errors(text):
     (["--fixmatch"], ["--fixmatch", "--label-fractions"]),
     (["--label-fractions", "0.1", "--fixmatch-steps", "10"], ["--fixmatch-steps", "add --fixmatch"]),
     (["--label-fractions", "0.1", "--fixmatch", "--fixmatch-steps", "0"], ["fixmatch_steps", "--fixmatch-steps"]),
+    (["--label-seed", "0"], ["--label-seed", "--label-fractions"]),
+    (["--label-fractions", "0.1", "--label-seed", "-1"], ["seed", "-1", "--label-seed"]),
 ], ids=["zero", "above-one", "not-a-number", "empty", "finetune-alone", "steps-alone", "zero-steps", "fixmatch-alone",
-        "fixmatch-steps-alone", "zero-fixmatch-steps"])
+        "fixmatch-steps-alone", "zero-fixmatch-steps", "label-seed-alone", "negative-label-seed"])
 def test_cli_bad_label_fractions_exit_2_with_one_line(argv, words, tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nowhere"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -247,3 +249,11 @@ def test_label_subsets_of_the_real_splits(small_data):
     train_idx, val_idx = label_subsets(small_data, 0.1, seed=0)
     assert (len(train_idx), len(val_idx)) == (250, 100)
     assert torch.bincount(small_data.val.labels[val_idx], minlength=10).min() >= 9  # stratified (classes unequal)
+
+
+def test_label_seed_reaches_the_settings_and_their_protocol():
+    args = parser().parse_args(["evaluate", "some-run", "--label-fractions", "0.01", "--label-seed", "2"])
+    settings = label_fractions_from_args(args)
+    assert settings.seed == 2 and "seed 2" in settings.protocol()  # a bench re-evaluates when the seed changes
+    default = label_fractions_from_args(parser().parse_args(["evaluate", "some-run", "--label-fractions", "0.01"]))
+    assert default.seed == 0

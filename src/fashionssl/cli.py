@@ -96,6 +96,9 @@ def add_label_fraction_arguments(parser: argparse.ArgumentParser) -> None:
                              "(two runs of 3,000 steps: 10-14.5 minutes per fraction on 2 cores of an Intel Xeon)")
     parser.add_argument("--fixmatch-steps", type=int, metavar="N",
                         help="optimisation steps of each FixMatch run (default 3000)")
+    parser.add_argument("--label-seed", type=int, metavar="N",
+                        help="seed of the label subsets and of the classifiers trained on them (default 0); rerun "
+                             "with others to see how much the choice of labelled images moves the results")
 
 
 def label_fractions_from_args(args: argparse.Namespace):
@@ -103,8 +106,9 @@ def label_fractions_from_args(args: argparse.Namespace):
 
     if args.label_fractions is None:
         given = [option for option, value in (("--finetune", args.finetune), ("--finetune-steps", args.finetune_steps),
-                                              ("--fixmatch", args.fixmatch), ("--fixmatch-steps", args.fixmatch_steps))
-                 if value not in (None, False)]
+                                              ("--fixmatch", args.fixmatch), ("--fixmatch-steps", args.fixmatch_steps),
+                                              ("--label-seed", args.label_seed))
+                 if value is not None and value is not False]
         if given:
             raise UserError(f"{' and '.join(given)} work on label subsets: add --label-fractions, "
                             "e.g. --label-fractions 0.01,0.1,1.0")
@@ -113,8 +117,9 @@ def label_fractions_from_args(args: argparse.Namespace):
         raise UserError("--fixmatch-steps sets the steps of --fixmatch: add --fixmatch")
     steps = LabelFractions.steps if args.finetune_steps is None else args.finetune_steps
     fixmatch_steps = LabelFractions.fixmatch_steps if args.fixmatch_steps is None else args.fixmatch_steps
+    seed = LabelFractions.seed if args.label_seed is None else args.label_seed
     return LabelFractions(parse_fractions(args.label_fractions), finetune=args.finetune, steps=steps,
-                          fixmatch=args.fixmatch, fixmatch_steps=fixmatch_steps)
+                          fixmatch=args.fixmatch, fixmatch_steps=fixmatch_steps, seed=seed)
 
 
 def parser() -> argparse.ArgumentParser:

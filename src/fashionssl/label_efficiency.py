@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from . import augment
 from .data import Dataset, Split, stratified_order
+from .device import at_least_float32
 from .errors import UserError
 from .losses import fixmatch_loss
 from .methods.supervised import Supervised
@@ -96,6 +97,8 @@ class LabelFractions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"fine-tuning {name} must be an integer >= 1, got {value!r}; fix {option}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"the label subsets' seed must be an integer >= 0, got {self.seed!r}; fix --label-seed")
 
     def protocol(self) -> str:
         fixmatch = [
@@ -232,18 +235,32 @@ def train_classifier(backbone: nn.Module, train: Split, class_names: tuple[str, 
     return nn.Sequential(model.backbone, model.classifier).eval()
 
 
+class FixMatch(Supervised):
+    """FixMatch's objective (Sohn et al., 2020, "Simplifying semi-supervised learning with consistency
+    and confidence") as a method the training loop's `train_step` can step: the cross entropy of the
+    labelled images plus `fixmatch_loss` between a weak and a strong view of each unlabelled one.
+    `views` are (labelled, unlabelled weak, unlabelled strong), encoded in one forward pass, so
+    BatchNorm normalises them together, as the paper does."""
+
+    def forward(self, views, labels):
+        logits = at_least_float32(self.classifier(self.backbone(torch.cat(views))))
+        labelled_logits, weak_logits, strong_logits = logits.split([len(v) for v in views])
+        unlabelled_loss, confident = fixmatch_loss(weak_logits, strong_logits, FIXMATCH_THRESHOLD)
+        return F.cross_entropy(labelled_logits, labels) + unlabelled_loss, {"confident": confident}
+
+
 def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelled: torch.Tensor,
                    aug: augment.AugmentConfig, device: torch.device, settings: LabelFractions,
                    autocast_dtype: torch.dtype | None = None) -> nn.Sequential:
-    """FixMatch (Sohn et al., 2020, "Simplifying semi-supervised learning with consistency and
-    confidence"): `backbone` (modified in place) and a copy of `head` learn the labelled images of
-    `train` by cross entropy, and the `unlabelled` images (uint8, labels never seen) by
-    `fixmatch_loss` between a weak and a strong view of each; one forward pass over all three sets of
-    views, so BatchNorm normalises them together, as the paper does. Returns the classifier in eval
-    mode. The weak and strong views are `aug` changed by FIXMATCH_WEAK_AUGMENT / _STRONG_AUGMENT."""
+    """`FixMatch` from `backbone` (modified in place) and a copy of `head`: the labelled images of
+    `train` and the `unlabelled` images (uint8, labels never seen), FIXMATCH_UNLABELLED_PER_LABELLED
+    of them per labelled one in each batch. Returns the classifier in eval mode. The weak and strong
+    views are `aug` changed by FIXMATCH_WEAK_AUGMENT / _STRONG_AUGMENT."""
     weak = dataclasses.replace(aug, **FIXMATCH_WEAK_AUGMENT)
     strong = dataclasses.replace(aug, **FIXMATCH_STRONG_AUGMENT)
-    model = nn.Sequential(backbone, copy.deepcopy(head)).to(device).to(memory_format=torch.channels_last)
+    model = seeded(settings.seed, lambda: FixMatch(backbone, tuple(range(head.out_features))))
+    model.classifier.load_state_dict(head.state_dict())
+    model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("adamw", model, settings.lr, settings.weight_decay)
     steps = settings.fixmatch_steps
     lrs = warmup_cosine(settings.lr, steps, steps // 20).tolist()
@@ -256,22 +273,14 @@ def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelle
     model.train()
     for step in tqdm(range(steps), desc="FixMatch", unit="step", dynamic_ncols=True, mininterval=1.0, leave=False,
                      disable=None):
-        for group in optimizer.param_groups:
-            group["lr"] = lrs[step]
         pool = unlabelled[unlabelled_order[step]]
-        views = torch.cat([augment.augment(images[labelled_order[step]], weak, generator),
-                           augment.augment(pool, weak, generator), augment.augment(pool, strong, generator)])
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            logits = model(views.contiguous(memory_format=torch.channels_last)).float()
-        labelled_logits, weak_logits, strong_logits = logits.split([batch, len(pool), len(pool)])
-        loss = F.cross_entropy(labelled_logits, labels[labelled_order[step]]) \
-            + fixmatch_loss(weak_logits, strong_logits, FIXMATCH_THRESHOLD)[0]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if not math.isfinite(loss.item()):
-            raise UserError(f"FixMatch: loss became {loss.item()} at step {step + 1}; lower the fine-tuning lr")
-    return model.eval()
+        views = [augment.augment(images[labelled_order[step]], weak, generator), augment.augment(pool, weak, generator),
+                 augment.augment(pool, strong, generator)]
+        loss = train_step(model, model, optimizer, [v.contiguous(memory_format=torch.channels_last) for v in views],
+                          labels[labelled_order[step]], lrs[step], step, steps, autocast_dtype)["loss"].item()
+        if not math.isfinite(loss):
+            raise UserError(f"FixMatch: loss became {loss} at step {step + 1}; lower the fine-tuning lr")
+    return nn.Sequential(model.backbone, model.classifier).eval()
 
 
 def fixmatch_classifier(backbone: nn.Module, train: Split, val: Split, unlabelled: torch.Tensor,
