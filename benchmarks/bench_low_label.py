@@ -78,6 +78,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--fraction", type=float, default=0.01)
+    p.add_argument("--label-seed", type=int, default=0,
+                   help="seed of the labelled subset and of the classifiers trained on it, as evaluate's")
     p.add_argument("--data", "--data-dir", dest="data")
     p.add_argument("--distill-steps", default="", help="comma list of distillation step counts (none by default)")
     p.add_argument("--finetune-lrs", default="", help="comma list of other fine-tuning lrs, at the routine's steps")
@@ -95,11 +97,11 @@ def main() -> None:
     data = load_data_for(trained, a.data)
     aug = trained.augmentation()
     backbone = model.backbone.to(device)
-    train_idx, val_idx = label_subsets(data, a.fraction, seed=0)
+    train_idx, val_idx = label_subsets(data, a.fraction, seed=a.label_seed)
     train = take(data.train, train_idx)
     val_y = data.val.labels.to(device)
     print(f"{time.strftime('%Y-%m-%d')}, {cfg.method} {cfg.encoder} {epochs} epochs ({a.run_dir}), "
-          f"{len(train)} labelled training images; accuracy on all {len(data.val)} validation images\n")
+          f"{len(train)} labelled training images (label seed {a.label_seed}); accuracy on all {len(data.val)} validation images\n")
     print("| classifier | validation accuracy |\n|---|---:|")
 
     features = [extract_features(backbone, s.images, aug, device, autocast_dtype=amp) for s in (train, data.val)]
@@ -113,7 +115,7 @@ def main() -> None:
     for k in KNN_K:  # cosine similarity of the raw features, as evaluation's kNN
         print(f"| kNN, k = {k} | {100 * accuracy(knn_predict(features[0], y, features[1], k=k), val_y):.2f}% |")
 
-    settings = LabelFractions((a.fraction,), finetune=True)
+    settings = LabelFractions((a.fraction,), finetune=True, seed=a.label_seed)
     train_aug = dataclasses.replace(aug, **FINETUNE_AUGMENT)
     classifiers = {}
     for name, start in (("fine-tuned", copy.deepcopy(backbone)), ("from scratch", reinitialised(backbone, settings.seed))):
