@@ -86,6 +86,8 @@ def main() -> None:
     p.add_argument("--finetune-steps", default="", help="comma list of other fine-tuning step counts, at its lr")
     p.add_argument("--lp-ft-lrs", default="", help="comma list of lrs to fine-tune at from the best probe's head")
     p.add_argument("--fixmatch-steps", default="", help="comma list of FixMatch step counts (none by default)")
+    p.add_argument("--fixmatch-average", type=float,
+                   help="score FixMatch's exponential moving average of the weights at this momentum (e.g. 0.999)")
     p.add_argument("--recalibrate", action="store_true",
                    help="also score the fine-tuned and scratch classifiers with BatchNorm statistics recomputed "
                         "on the unaugmented labelled images, and on all training images")
@@ -149,9 +151,10 @@ def main() -> None:
     for steps in numbers(a.fixmatch_steps, int):  # its head's weight decay chosen on the validation subset
         classifier = fixmatch_classifier(copy.deepcopy(backbone), train, take(data.val, val_idx), data.train.images,
                                          data.info.class_names, aug, device,
-                                         dataclasses.replace(settings, fixmatch_steps=steps), amp)
+                                         dataclasses.replace(settings, fixmatch_steps=steps), amp, a.fixmatch_average)
+        average = "" if a.fixmatch_average is None else f", weights averaged at momentum {a.fixmatch_average:g}"
         print(f"| FixMatch from the pretrained encoder, with all {len(data.train)} training images unlabelled "
-              f"({steps} steps) | {100 * classifier_accuracy(classifier, data.val, aug, device, amp):.2f}% |")
+              f"({steps} steps{average}) | {100 * classifier_accuracy(classifier, data.val, aug, device, amp):.2f}% |")
 
 
 if __name__ == "__main__":

@@ -257,3 +257,26 @@ def test_label_seed_reaches_the_settings_and_their_protocol():
     assert settings.seed == 2 and "seed 2" in settings.protocol()  # a bench re-evaluates when the seed changes
     default = label_fractions_from_args(parser().parse_args(["evaluate", "some-run", "--label-fractions", "0.01"]))
     assert default.seed == 0
+
+
+def test_fixmatch_weight_average_at_its_two_ends(small_data):
+    """Momentum 0 averages nothing: the last weights; momentum 1 never moves: the starting weights,
+    with the trained BatchNorm statistics either way."""
+    train = Split(small_data.train.images[:64], small_data.train.labels[:64])
+    settings = LabelFractions((0.1,), fixmatch=True, fixmatch_steps=3)
+    head = torch.nn.Linear(1152, 10)
+
+    def fixmatch(average: float | None) -> torch.nn.Sequential:
+        backbone = reinitialised(build_encoder("cnn-bn"), seed=0)
+        return train_fixmatch(backbone, head, train, small_data.train.images[64:320], make_config("default"),
+                              torch.device("cpu"), settings, average=average)
+
+    last, none_averaged, never_moved = fixmatch(None), fixmatch(0.0), fixmatch(1.0)
+    for (name, value), same, start in zip(last.state_dict().items(), none_averaged.state_dict().values(),
+                                          never_moved.state_dict().values(), strict=True):
+        assert torch.equal(value, same), name
+        if name == "1.weight":
+            assert torch.equal(start, head.weight) and not torch.equal(value, head.weight)
+        if "running_mean" in name:
+            assert torch.equal(start, value)  # the last step's statistics, not the initial zeros
+    assert not never_moved.training

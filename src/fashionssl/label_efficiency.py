@@ -44,6 +44,7 @@ from .data import Dataset, Split, stratified_order
 from .device import at_least_float32
 from .errors import UserError
 from .losses import fixmatch_loss
+from .methods.base import ema_update, frozen_copy
 from .methods.supervised import Supervised
 from .optim import build_optimizer
 from .probe import (accuracy, best_weight_decay, count_classes, extract_features, feature_statistics, linear_probe,
@@ -251,11 +252,13 @@ class FixMatch(Supervised):
 
 def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelled: torch.Tensor,
                    aug: augment.AugmentConfig, device: torch.device, settings: LabelFractions,
-                   autocast_dtype: torch.dtype | None = None) -> nn.Sequential:
+                   autocast_dtype: torch.dtype | None = None, average: float | None = None) -> nn.Sequential:
     """`FixMatch` from `backbone` (modified in place) and a copy of `head`: the labelled images of
     `train` and the `unlabelled` images (uint8, labels never seen), FIXMATCH_UNLABELLED_PER_LABELLED
     of them per labelled one in each batch. Returns the classifier in eval mode. The weak and strong
-    views are `aug` changed by FIXMATCH_WEAK_AUGMENT / _STRONG_AUGMENT."""
+    views are `aug` changed by FIXMATCH_WEAK_AUGMENT / _STRONG_AUGMENT. With `average` (a momentum,
+    e.g. the paper's 0.999), the classifier returned holds an exponential moving average of the
+    weights over the steps, as the paper evaluates, with the last step's BatchNorm statistics."""
     weak = dataclasses.replace(aug, **FIXMATCH_WEAK_AUGMENT)
     strong = dataclasses.replace(aug, **FIXMATCH_STRONG_AUGMENT)
     model = seeded(settings.seed, lambda: FixMatch(backbone, tuple(range(head.out_features))))
@@ -270,6 +273,7 @@ def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelle
     unlabelled_order = batch_indices(len(unlabelled), steps, FIXMATCH_UNLABELLED_PER_LABELLED * batch, order).to(device)
     images, labels, unlabelled = train.images.to(device), train.labels.to(device), unlabelled.to(device)
     generator = torch.Generator(device).manual_seed(settings.seed)
+    averaged = None if average is None else frozen_copy(model)
     model.train()
     for step in tqdm(range(steps), desc="FixMatch", unit="step", dynamic_ncols=True, mininterval=1.0, leave=False,
                      disable=None):
@@ -280,12 +284,20 @@ def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelle
                           labels[labelled_order[step]], lrs[step], step, steps, autocast_dtype)["loss"].item()
         if not math.isfinite(loss):
             raise UserError(f"FixMatch: loss became {loss} at step {step + 1}; lower the fine-tuning lr")
+        if averaged is not None:
+            ema_update(averaged, model, average)
+    if averaged is not None:
+        with torch.no_grad():
+            for mean, last in zip(averaged.buffers(), model.buffers(), strict=True):
+                mean.copy_(last)
+        model = averaged
     return nn.Sequential(model.backbone, model.classifier).eval()
 
 
 def fixmatch_classifier(backbone: nn.Module, train: Split, val: Split, unlabelled: torch.Tensor,
                         class_names: tuple[str, ...], aug: augment.AugmentConfig, device: torch.device,
-                        settings: LabelFractions, autocast_dtype: torch.dtype | None = None) -> nn.Sequential:
+                        settings: LabelFractions, autocast_dtype: torch.dtype | None = None,
+                        average: float | None = None) -> nn.Sequential:
     """`train_fixmatch` from `backbone` (modified in place) with a head that already knows the
     labelled images: the linear probe on `backbone`'s features of `train`, at the weight decay
     `val` chooses."""
@@ -293,7 +305,7 @@ def fixmatch_classifier(backbone: nn.Module, train: Split, val: Split, unlabelle
                          s.labels.to(device)) for s in (train, val)]
     val_accuracy, solutions = probe_on_validation(train_xy, val_xy, len(class_names))
     head = on_raw_features(solutions[best_weight_decay(val_accuracy)], *feature_statistics(train_xy[0]))
-    return train_fixmatch(backbone, head, train, unlabelled, aug, device, settings, autocast_dtype)
+    return train_fixmatch(backbone, head, train, unlabelled, aug, device, settings, autocast_dtype, average)
 
 
 def classifier_accuracy(model: nn.Module, split: Split, aug: augment.AugmentConfig, device: torch.device,
