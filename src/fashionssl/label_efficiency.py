@@ -93,7 +93,7 @@ class LabelFractions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", check_fractions(self.fractions))
-        for name, option in (("steps", "--finetune-steps"), ("batch_size", "--finetune-steps"),
+        for name, option in (("steps", "--finetune-steps"), ("batch_size", "LabelFractions.batch_size"),
                              ("fixmatch_steps", "--fixmatch-steps")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
