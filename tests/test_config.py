@@ -4,13 +4,16 @@ command-line overrides, option-table merging and parse_option."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 
 import pytest
+from conftest import quick_config
 
-from fashionssl.config import FIELDS, Config, make_config, parse_option, validate
+from fashionssl.config import FIELDS, Config, config_from_dict, make_config, parse_option, validate
 from fashionssl.errors import UserError
+from fashionssl.methods import method_options
 
 
 def test_defaults_validate():
@@ -209,3 +212,39 @@ def test_parse_option(text, expected):
 def test_parse_option_needs_key_and_value(text):
     with pytest.raises(UserError, match="key=value"):
         parse_option(text)
+
+
+# ---------------------------------------------------------------- runs recorded before an option
+
+def test_saved_configs_without_an_option_get_the_value_older_runs_trained_with():
+    """SimCLR's rotation_weight defaults to 0.4 since E-SSL won on validation; a saved SimCLR config
+    that does not name it is older than the option and trained without rotation prediction."""
+    assert Config().method == "simclr" and method_options("simclr")["rotation_weight"] == 0.4
+    older = config_from_dict({"method": "simclr", "method_options": {"temperature": 0.2}}, "old")
+    assert older.method_options == {"temperature": 0.2, "rotation_weight": 0.0}
+    assert config_from_dict({"method_options": {}}, "old, default method").method_options == {"rotation_weight": 0.0}
+    newer = config_from_dict({"method": "simclr", "method_options": {"rotation_weight": 0.4}}, "new")
+    assert newer.method_options == {"rotation_weight": 0.4}
+    assert config_from_dict({"method": "moco", "method_options": {}}, "moco").method_options == {}
+
+
+def test_a_run_recorded_before_rotation_weight_loads_as_simclr_alone_and_is_not_taken_for_todays(small_data_dir, tmp_path):
+    import torch
+
+    from fashionssl.evaluate import load_trained
+    from fashionssl.train import check_same_recipe, pretrain
+
+    run_dir = pretrain(quick_config(tmp_path / "run", small_data_dir, knn_every=0,
+                                    method_options={"rotation_weight": 0.0}))
+    # Make it look like a run of the version before the option: neither record names it.
+    recorded = json.loads((run_dir / "config.json").read_text())
+    del recorded["method_options"]["rotation_weight"]
+    (run_dir / "config.json").write_text(json.dumps(recorded))
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    del state["config"]["method_options"]["rotation_weight"]
+    torch.save(state, run_dir / "checkpoint.pt")
+
+    trained = load_trained(run_dir)  # no rotation head expected, none in the checkpoint
+    assert trained.model.rotation_head is None and trained.config.method_options["rotation_weight"] == 0.0
+    with pytest.raises(UserError, match=r"method_options\.rotation_weight: the run has 0\.0, asked for 0\.4"):
+        check_same_recipe(quick_config(tmp_path / "run", small_data_dir, knn_every=0), run_dir)

@@ -48,6 +48,7 @@ STEP_CASES = {
     "simclr-multi-crop": {"local_crops": 2},  # four views per image (2 + 2 small): the multi-positive loss
     "simclr-debiased": {"loss": "debiased"},  # negatives from every rank enter the debiased estimate
     "simclr-decoupled": {"loss": "decoupled"},
+    "simclr-alone": {"rotation_weight": 0.0},  # without E-SSL's rotation term (the others have it: 8 images a rank, same turns)
     "moco": {"queue_size": 40},  # smaller than the 32 keys of two steps: the queue wraps; its content is compared
     "byol": {},
     "simsiam": {},

@@ -16,10 +16,10 @@ from fashionssl.data import FASHION_MNIST_CLASSES
 from fashionssl.augment import ViewSpec
 from fashionssl.encoders import ConvNet
 from fashionssl.errors import UserError
-from fashionssl.losses import info_nce, negative_cosine, normalized_mse
+from fashionssl.losses import info_nce, multi_view_nt_xent, negative_cosine, normalized_mse
 from fashionssl.methods import METHODS, build_method
 from fashionssl.methods.base import normalized_std, target_momentum
-from fashionssl.methods.rotation import rotate_all
+from fashionssl.methods.rotation import rotate_all, rotate_each
 from fashionssl.optim import build_optimizer
 from fashionssl.schedules import cosine_momentum
 
@@ -282,6 +282,58 @@ def test_rotate_all_labels_and_images():
     for k in range(4):
         assert rotated[2 * k, 0].tolist() == expected[k]
         assert (rotated[2 * k + 1, 0] - 10).tolist() == expected[k]
+
+
+def test_rotate_each_turns_image_i_by_i_mod_4_quarter_turns():
+    images = torch.arange(9.0).view(1, 1, 3, 3) + 10 * torch.arange(6.0).view(6, 1, 1, 1)  # six distinct images
+    rotated, labels = rotate_each(images)
+    assert labels.tolist() == [0, 1, 2, 3, 0, 1]
+    everything, _ = rotate_all(images)  # block k: every image turned k times
+    for i in range(6):
+        assert torch.equal(rotated[i], everything[labels[i] * 6 + i])
+    assert torch.equal(images[1], torch.arange(9.0).view(1, 3, 3) + 10)  # the input is left as it was
+
+
+def test_simclr_rotation_weight_adds_rotation_prediction_of_the_first_view():
+    """E-SSL: NT-Xent of the two views plus weight x cross-entropy of the rotation head on rotated
+    copies of view 0, all encoded in one forward pass (weight 0.4 by default); weight 0 is SimCLR
+    alone, with no extra head."""
+    alone = make("simclr", rotation_weight=0.0)
+    assert alone.rotation_head is None and not any("rotation" in k for k in alone.state_dict())
+    model = make("simclr").eval()
+    assert model.rotation_weight == 0.4
+    views, labels = batch(model, n=8)
+    loss, logs = model(views, labels)
+    rotated, rotation = rotate_each(views[0])
+    features = model.backbone(torch.cat([*views, rotated]))
+    logits = model.rotation_head(features[16:])
+    rotation_loss = F.cross_entropy(logits, rotation)
+    contrastive = multi_view_nt_xent(list(model.projector(features[:16]).chunk(2)), model.temperature)
+    torch.testing.assert_close(loss, contrastive + 0.4 * rotation_loss)
+    torch.testing.assert_close(logs["rotation_loss"], rotation_loss)
+    torch.testing.assert_close(logs["rotation_acc"], (logits.argmax(1) == rotation).float().mean())
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.rotation_head.parameters())
+
+
+def test_simclr_rotated_copies_share_the_global_views_pass_with_local_crops():
+    model = make("simclr", local_crops=2, local_size=12).eval()
+    g = torch.Generator().manual_seed(3)
+    views = [torch.randn(8, 1, 28, 28, generator=g) for _ in range(2)] + [torch.randn(8, 1, 12, 12, generator=g) for _ in range(2)]
+    loss, logs = model(views, None)
+    rotated, rotation = rotate_each(views[0])
+    big = model.backbone(torch.cat([views[0], views[1], rotated]))  # one pass: BatchNorm mixes the copies in
+    small = model.backbone(torch.cat(views[2:]))
+    rotation_loss = F.cross_entropy(model.rotation_head(big[16:]), rotation)
+    z = list(model.projector(torch.cat([big[:16], small])).chunk(4))
+    torch.testing.assert_close(loss, multi_view_nt_xent(z, model.temperature) + 0.4 * rotation_loss)
+    torch.testing.assert_close(logs["rotation_loss"], rotation_loss)
+
+
+@pytest.mark.parametrize("weight", [-0.1, float("nan"), "0.4"])
+def test_simclr_rotation_weight_must_be_a_number_at_least_0(weight):
+    with pytest.raises(UserError, match="simclr option rotation_weight must be a number >= 0"):
+        make("simclr", rotation_weight=weight)
 
 
 def test_rotation_forward_uses_rotation_labels():

@@ -229,7 +229,7 @@ def test_run_directory_holds_config_versions_metrics_checkpoint_and_tensorboard(
     # Every option spelled out, defaults included (the run gave none); the data's normalisation left out.
     assert saved["method_options"] == {"temperature": 0.2, "hidden_dim": 512, "out_dim": 128, "local_crops": 0,
                                        "local_size": 16, "local_scale": [0.05, 0.4], "loss": "nt-xent",
-                                       "class_prior": None}
+                                       "class_prior": None, "rotation_weight": 0.4}
     assert saved["augment_options"] == json.loads(json.dumps(
         {k: v for k, v in dataclasses.asdict(augment.AugmentConfig()).items() if k not in ("mean", "std", "size")}))
     assert Config(**{**saved, "method_options": {}, "augment_options": {}}) == cfg
@@ -284,12 +284,15 @@ def test_differences_from_run_name_each_setting_that_differs_and_only_those(trai
         f"lr: the run has {cfg.lr!r}, asked for {cfg.lr * 2!r}"]
     with pytest.raises(UserError, match=r"holds a run of other settings than asked for \(method_options.temperature"):
         check_same_recipe(other, run_dir)
-    # A run of an earlier version recorded only the options it was given: the others cannot be told apart.
+    # A run of an earlier version recorded only the options it was given: the others cannot be told
+    # apart, but for those whose value before they existed is known (config.OPTIONS_OF_OLDER_RUNS).
     older = tmp_path / "older"
     older.mkdir()
     recorded = json.loads((run_dir / "config.json").read_text())
     (older / "config.json").write_text(json.dumps({**recorded, "method_options": {}, "augment_options": {}}))
-    assert differences_from_run(dataclasses.replace(other, lr=cfg.lr), older) == []
+    assert differences_from_run(dataclasses.replace(other, lr=cfg.lr), older) == [
+        "method_options.rotation_weight: the run has 0.0, asked for 0.4"]
+    assert differences_from_run(dataclasses.replace(other, lr=cfg.lr, method_options={"rotation_weight": 0.0}), older) == []
 
 
 def test_pretrain_into_a_finished_run_dir_is_refused_and_overwrites_nothing(trained_run):
@@ -348,9 +351,11 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tm
 
 @pytest.fixture(scope="module")
 def diverged_run(tmp_path_factory, small_data_dir) -> tuple[Path, UserError]:
-    """A run with lr 1e6 (SGD): (its run dir, the UserError it stopped with)."""
+    """A run with lr 1e6 (SGD): (its run dir, the UserError it stopped with). SimCLR alone: with the
+    rotation term it diverges within the first epoch, leaving no checkpoint for the test below."""
     out = tmp_path_factory.mktemp("diverged") / "run"
-    cfg = quick_config(out, small_data_dir, epochs=3, optimizer="sgd", lr=1e6, knn_every=0, precision="fp32")
+    cfg = quick_config(out, small_data_dir, epochs=3, optimizer="sgd", lr=1e6, knn_every=0, precision="fp32",
+                       method_options={"rotation_weight": 0.0})
     with pytest.raises(UserError) as raised:
         pretrain(cfg)
     return out, raised.value

@@ -152,6 +152,22 @@ def make_config(file: str | Path | None = None, **overrides: Any) -> Config:
     return validate(Config(**values), where)
 
 
+# Method options that came in with a default other than what earlier runs trained with. Runs record
+# every option since 2026-12-04, so a saved config of this method that does not name one is older
+# than the option and gets the value it trained with, not today's default: SimCLR's E-SSL rotation
+# prediction is on by default since 2026-12-07 (docs/benchmarks.md, "SimCLR with rotation prediction").
+OPTIONS_OF_OLDER_RUNS = {"simclr": {"rotation_weight": 0.0}}
+
+
+def with_options_of_older_runs(values: dict) -> dict:
+    """Saved config values with OPTIONS_OF_OLDER_RUNS filled in where the run's record lacks them."""
+    older = OPTIONS_OF_OLDER_RUNS.get(values.get("method", Config.method), {})
+    options = values.get("method_options", {})
+    if not older or not isinstance(options, dict):
+        return values
+    return {**values, "method_options": {**older, **options}}
+
+
 def config_from_dict(values: Any, where: str) -> Config:
     """A validated Config from saved values (a checkpoint's or config.json's); keys this version
     does not know are errors, as in a TOML file, rather than a TypeError deep inside."""
@@ -160,7 +176,7 @@ def config_from_dict(values: Any, where: str) -> Config:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise UserError(f"{where}: unknown config key(s) {', '.join(unknown)} (written by another version of fashionssl?)")
-    return validate(Config(**values), where)
+    return validate(Config(**with_options_of_older_runs(values)), where)
 
 
 def parse_option(text: str) -> tuple[str, Any]:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import augment
 from .checkpoint import load_checkpoint, load_into, resolve_checkpoint, save_checkpoint
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, with_options_of_older_runs
 from .data import DataInfo, Dataset, load_dataset
 from .device import autocast_dtype, keep_freed_host_memory, resolve_device
 from .distributed import (is_main_process, main_process_decides, mean_over_ranks, process_device,
@@ -57,11 +57,13 @@ def with_every_option(cfg: Config, aug: augment.AugmentConfig) -> Config:
 
 
 def recorded_config(config_file: Path) -> dict:
-    """A run's config.json as saved (a damaged one is a user error naming the file)."""
+    """A run's config.json as saved, options that came in after it with the values it trained with
+    (config.with_options_of_older_runs; a damaged file is a user error naming it)."""
     try:
-        return json.loads(config_file.read_text())
+        values = json.loads(config_file.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {config_file}: {e}") from None
+    return with_options_of_older_runs(values) if isinstance(values, dict) else values
 
 
 def differences_from_run(cfg: Config, run_dir: Path) -> list[str]:

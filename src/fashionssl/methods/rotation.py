@@ -29,6 +29,17 @@ def rotate_all(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rotated, labels
 
 
+def rotate_each(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, H, W) square images -> N rotated images and their (N,) labels: image i turned by
+    (i mod 4) * 90 degrees, as rotate_all turns them. One rotation per image, a quarter of
+    rotate_all's images: for an auxiliary rotation task, where the batch is shuffled anyway."""
+    labels = torch.arange(len(images), device=images.device) % NUM_ROTATIONS  # (N,)
+    rotated = images.clone()
+    for k in range(1, NUM_ROTATIONS):
+        rotated[k::NUM_ROTATIONS] = torch.rot90(images[k::NUM_ROTATIONS], k, dims=(2, 3))
+    return rotated, labels
+
+
 class Rotation(Method):
     """Options: hidden_dim of the rotation classifier, an MLP on the backbone's features (0 makes it
     linear). RotNet's best features lie below its last layers, which specialise in rotation; an MLP

@@ -6,12 +6,24 @@ of an image a positive of every other (losses.multi_view_nt_xent).
 `loss` picks the contrastive loss: "nt-xent" (SimCLR's), "decoupled" (Yeh et al., 2022: the positive
 left out of its own denominator) or "debiased" (Chuang et al., 2020: the negatives corrected for the
 fraction `class_prior` of them expected to share the anchor's class, 1 / classes for balanced data;
-0.1 unless given)."""
+0.1 unless given).
 
+`rotation_weight` (0.4, the paper's for SimCLR; 0 is SimCLR alone): E-SSL (Dangovski et al., 2022,
+"Equivariant Contrastive Learning"): a head also predicts which of four rotations turned a copy of
+the first view, its cross-entropy added at that weight. The contrastive loss asks for features blind
+to the augmentations; rotation is one they should see, and RotNet's task teaches it beside them. On
+by default since it won on the validation split at every seed (docs/benchmarks.md, "SimCLR with
+rotation prediction"); runs recorded before keep 0 (config.OPTIONS_OF_OLDER_RUNS)."""
+
+import torch
+import torch.nn.functional as F
+
+from ..device import at_least_float32
 from ..errors import UserError
 from ..heads import mlp_head
 from ..losses import debiased_nt_xent, decoupled_nt_xent, multi_view_nt_xent
 from .base import Method, check_option, check_size, encode_views, multi_crop_spec
+from .rotation import NUM_ROTATIONS, rotate_each
 
 LOSSES = ("nt-xent", "decoupled", "debiased")
 
@@ -19,7 +31,7 @@ LOSSES = ("nt-xent", "decoupled", "debiased")
 class SimCLR(Method):
     def __init__(self, backbone, temperature: float = 0.2, hidden_dim: int = 512, out_dim: int = 128,
                  local_crops: int = 0, local_size: int = 16, local_scale: tuple[float, float] = (0.05, 0.4),
-                 loss: str = "nt-xent", class_prior: float | None = None):
+                 loss: str = "nt-xent", class_prior: float | None = None, rotation_weight: float = 0.4):
         super().__init__(backbone)
         self.temperature = check_option("simclr", "temperature", temperature, "a number > 0", lambda v: v > 0)
         check_size("simclr", "hidden_dim", hidden_dim)
@@ -34,13 +46,33 @@ class SimCLR(Method):
                                         "a number in [0, 1)", lambda v: 0 <= v < 1)
         self.view_spec = multi_crop_spec("simclr", local_crops, local_size, local_scale)
         self.projector = mlp_head(backbone.feature_dim, hidden_dim, out_dim)
+        self.rotation_weight = check_option("simclr", "rotation_weight", rotation_weight,
+                                            "a number >= 0 (0: no rotation prediction)", lambda v: v >= 0)
+        self.rotation_head = (mlp_head(backbone.feature_dim, hidden_dim, NUM_ROTATIONS)
+                              if rotation_weight else None)
 
     def forward(self, views, labels):
-        # One forward pass over the views of each size, so BatchNorm statistics mix them and cannot
-        # leak which view an embedding came from.
-        z = list(self.projector(encode_views(self.backbone, views)).chunk(len(views)))  # V x (N, out_dim)
+        if not self.rotation_weight:
+            # One forward pass over the views of each size, so BatchNorm statistics mix them and
+            # cannot leak which view an embedding came from.
+            return self.contrastive_loss(encode_views(self.backbone, views)), {}
+        # One rotation per image, a quarter of RotNet's four: a step encodes 3N images instead of 2N.
+        # The copies go right after the global views, so they share their forward pass.
+        rotated, rotation = rotate_each(views[0])  # (N, C, H, W), (N,)
+        g, n = self.view_spec.global_views, len(rotated)
+        features = encode_views(self.backbone, [*views[:g], rotated, *views[g:]])  # ((V + 1) N, feature_dim)
+        logits = self.rotation_head(features[g * n:(g + 1) * n])  # (N, 4)
+        rotation_loss = F.cross_entropy(at_least_float32(logits), rotation)
+        view_features = torch.cat([features[:g * n], features[(g + 1) * n:]])  # (V N, feature_dim)
+        loss = self.contrastive_loss(view_features) + self.rotation_weight * rotation_loss
+        return loss, {"rotation_loss": rotation_loss.detach(),
+                      "rotation_acc": (logits.detach().argmax(1) == rotation).float().mean()}
+
+    def contrastive_loss(self, features):
+        """The contrastive loss of the views' backbone features, (V N, feature_dim) in view order."""
+        z = list(self.projector(features).chunk(self.view_spec.global_views + self.view_spec.local_views))
         if self.loss == "debiased":
-            return debiased_nt_xent(z, self.temperature, self.class_prior), {}
+            return debiased_nt_xent(z, self.temperature, self.class_prior)
         if self.loss == "decoupled":
-            return decoupled_nt_xent(z, self.temperature), {}
-        return multi_view_nt_xent(z, self.temperature), {}
+            return decoupled_nt_xent(z, self.temperature)
+        return multi_view_nt_xent(z, self.temperature)
