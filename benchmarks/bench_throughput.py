@@ -10,7 +10,9 @@ step measured 1,450 to 2,500 images/s in one hour here), so each figure is the m
 runs, baseline and now alternating.
 The reference is `../shared/peers/seed_simclr.py` run in its own venv (set up by
 `../shared/peers/setup_peer.sh /tmp/peer`), timed over `--seed-batches` batches by its own per-epoch
-clock. Both count images per second, each image giving two views.
+clock. Both count images per second, each image giving two views (and, for fashionssl's SimCLR at its
+defaults since 2026-12-07, a rotated copy of the first for E-SSL's term: 1.65x the step; time a commit
+before 43c5ca7, e.g. 1d42259, for SimCLR alone against the reference).
 
     .venv/bin/python benchmarks/bench_throughput.py --encoder cnn --batch-size 256
     .venv/bin/python benchmarks/bench_throughput.py --encoder cnn-bn --batch-size 512 --variants bf16+cl \\

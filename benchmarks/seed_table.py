@@ -21,6 +21,7 @@ from typing import Any
 
 from fashionssl.bench import epoch_stats, paired_table, rows_by_name, row_name, seeds_table
 from fashionssl.errors import UserError
+from fashionssl.train import recorded_config
 
 # Settings that change how a run is watched or where it is kept, not what it learns.
 NOT_RECIPE = {"seed", "out", "knn_every", "knn_bank_size", "log_every", "eval_batch_size"}
@@ -42,7 +43,9 @@ def method_rows(folders: list[Path]) -> list[dict]:
     """One row per evaluated run under `folders`: its results, seed and timing, named by its method
     and, where one method's runs differ in recipe, by the settings that differ."""
     runs = sorted({path.parent for folder in folders for path in folder.rglob("results.json")})
-    found = [(run, json.loads((run / "config.json").read_text()), json.loads((run / "results.json").read_text()))
+    # recorded_config: a run older than an option reads as what it trained with (SimCLR alone's
+    # rotation_weight 0), so it pairs with later runs of that recipe instead of splitting from them.
+    found = [(run, recorded_config(run / "config.json"), json.loads((run / "results.json").read_text()))
              for run in runs]
     recipes = {run: recipe(config) for run, config, _ in found}
     by_method: dict[str, list[dict]] = {}

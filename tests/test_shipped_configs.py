@@ -55,3 +55,9 @@ def test_a_bad_sweep_trial_is_named_without_a_traceback(text, says, tmp_path, be
     with pytest.raises(SystemExit) as exit:
         benchmark_script("sweep").load_sweep(path)
     assert says in str(exit.value)
+
+
+def test_a_bench_files_pinned_option_keeps_the_command_lines_options_beside_it():
+    """configs/bench-4x4.toml pins SimCLR's rotation_weight; --opt loss=decoupled must still apply."""
+    *_, configs = bench_plan(ROOT / "configs" / "bench-4x4.toml", ["simclr"], {"method_options": {"loss": "decoupled"}})
+    assert configs["simclr"].method_options == {"loss": "decoupled", "rotation_weight": 0.0}

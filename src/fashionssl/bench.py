@@ -288,8 +288,18 @@ def bench_plan(bench_file: str | Path | None = None, methods: list[str] | None =
     common = {**DEFAULT_BUDGET, **shared, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     if seeds and any("seed" in keys for keys in (common, *per_method.values())):
         raise UserError(f"seed and seeds both given; with seeds ({', '.join(map(str, seeds))}) each run takes its own")
-    configs = {name: make_config(None, **{**common, **per_method.get(name, {}), "method": name}) for name in methods}
+    configs = {name: make_config(None, **{**method_budget(common, per_method.get(name, {})), "method": name})
+               for name in methods}
     return common, per_method, seeds, configs
+
+
+def method_budget(common: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """The shared budget with a method's `[per_method.NAME]` table over it. Option tables merge key
+    by key, so that a method's pinned option (SimCLR's `rotation_weight` in the shipped bench files)
+    keeps the `--opt` options of the command line beside it instead of replacing them."""
+    tables = {key: {**common[key], **value} for key, value in own.items()
+              if isinstance(value, dict) and isinstance(common.get(key), dict)}
+    return {**common, **own, **tables}
 
 
 def run_dir(out: Path, method: str, seed: int | None) -> Path:
@@ -320,7 +330,7 @@ def bench(out: str | Path, methods: list[str] | None = None, bench_file: str | P
     for seed in run_seeds:
         seeded = {} if seed is None else {"seed": seed}
         for name in methods:
-            row = run_method(name, run_dir(out, name, seed), {**common, **per_method.get(name, {}), **seeded},
+            row = run_method(name, run_dir(out, name, seed), {**method_budget(common, per_method.get(name, {})), **seeded},
                              label_fractions)
             rows.append({**row, **seeded})
             write_json(out / "comparison.json", {"budget": common, "per_method": per_method, "rows": rows})

@@ -70,7 +70,8 @@ def differences_from_run(cfg: Config, run_dir: Path) -> list[str]:
     """'key: the run has A, asked for B' for each setting where the run recorded in `run_dir`'s
     config.json differs from `cfg` (its output folder aside), so that a bench or sweep that reads back
     earlier runs never passes off a run of another recipe (a changed lr, option or default) as the
-    one asked for. Options a run of an earlier version left unrecorded are not counted as differences."""
+    one asked for. Options a run of an earlier version left unrecorded are not counted as differences,
+    but for those whose earlier value is known (config.OPTIONS_OF_OLDER_RUNS)."""
     recorded = recorded_config(run_dir / "config.json")
     expected = json.loads(json.dumps(dataclasses.asdict(
         with_every_option(cfg, augment.make_config(cfg.augment, **cfg.augment_options)))))

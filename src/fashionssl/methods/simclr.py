@@ -49,7 +49,7 @@ class SimCLR(Method):
         self.rotation_weight = check_option("simclr", "rotation_weight", rotation_weight,
                                             "a number >= 0 (0: no rotation prediction)", lambda v: v >= 0)
         self.rotation_head = (mlp_head(backbone.feature_dim, hidden_dim, NUM_ROTATIONS)
-                              if rotation_weight else None)
+                              if self.rotation_weight else None)  # as wide as the projector's hidden layer
 
     def forward(self, views, labels):
         if not self.rotation_weight:
