@@ -34,8 +34,8 @@ def rotate_each(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (i mod 4) * 90 degrees, as rotate_all turns them. One rotation per image, a quarter of
     rotate_all's images: for an auxiliary rotation task, where the batch is shuffled anyway."""
     labels = torch.arange(len(images), device=images.device) % NUM_ROTATIONS  # (N,)
-    rotated = images.clone()
-    for k in range(1, NUM_ROTATIONS):
+    rotated = torch.empty_like(images)  # every row written below: no copy of the input first
+    for k in range(NUM_ROTATIONS):
         rotated[k::NUM_ROTATIONS] = torch.rot90(images[k::NUM_ROTATIONS], k, dims=(2, 3))
     return rotated, labels
 
