@@ -22,7 +22,7 @@ import torch
 
 from bench_throughput import cpu_model
 from fashionssl import augment, encoders
-from fashionssl.config import make_config
+from fashionssl.config import make_config, parse_option
 from fashionssl.data import FASHION_MNIST_INFO
 from fashionssl.device import autocast_dtype, keep_freed_host_memory
 from fashionssl.methods import build_model
@@ -32,6 +32,8 @@ from fashionssl.optim import build_optimizer
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", default="simclr")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, as pretrain's (repeatable), e.g. rotation_weight=0 for SimCLR alone")
     p.add_argument("--encoder", default="cnn", help="a ConvNet encoder: cnn, cnn-bn, cnn-bn-wide")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=10, help="timed steps, after 3 of warm-up")
@@ -39,7 +41,7 @@ def main() -> None:
 
     device = torch.device("cpu")
     keep_freed_host_memory(device)  # as the training loop does
-    cfg = make_config(method=a.method, encoder=a.encoder)
+    cfg = make_config(method=a.method, encoder=a.encoder, method_options=dict(parse_option(o) for o in a.opt))
     model = build_model(cfg, FASHION_MNIST_INFO).to(memory_format=torch.channels_last).train()
     optimizer = build_optimizer(cfg.optimizer, model, 1e-3, cfg.weight_decay)
     amp = autocast_dtype(cfg.precision, device)

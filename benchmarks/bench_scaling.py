@@ -37,14 +37,17 @@ def main() -> None:
     p.add_argument("--processes", default="1,2", help="comma list of process counts")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="total threads of every configuration")
     p.add_argument("--method", default="simclr")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, as pretrain's (repeatable), e.g. rotation_weight=0 for SimCLR alone")
     p.add_argument("--train-subset", type=int, default=10240)
     p.add_argument("--batch-size", type=int, default=512, help="the global batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (each process takes the GPU of its LOCAL_RANK)")
     a = p.parse_args()
     args = ["--method", a.method, "--epochs", "2", "--warmup-epochs", "0", "--train-subset", str(a.train_subset),
-            "--batch-size", str(a.batch_size), "--knn-every", "0", "--device", a.device]
+            "--batch-size", str(a.batch_size), "--knn-every", "0", "--device", a.device,
+            *[flag for option in a.opt for flag in ("--opt", option)]]
     print(f"{time.strftime('%Y-%m-%d')}, {a.threads} threads in all, {a.method} cnn-bn, global batch {a.batch_size}, "
-          f"device {a.device}")
+          f"device {a.device}{''.join(f', {option}' for option in a.opt)}")
     rows = [(n, images_per_s(n, a.threads, args)) for n in map(int, a.processes.split(","))]
     print("\n| processes | threads each | images/s | vs 1 process |\n|---:|---:|---:|---:|")
     for n, speed in rows:

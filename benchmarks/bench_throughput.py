@@ -11,8 +11,9 @@ runs, baseline and now alternating.
 The reference is `../shared/peers/seed_simclr.py` run in its own venv (set up by
 `../shared/peers/setup_peer.sh /tmp/peer`), timed over `--seed-batches` batches by its own per-epoch
 clock. Both count images per second, each image giving two views (and, for fashionssl's SimCLR at its
-defaults since 2026-12-07, a rotated copy of the first for E-SSL's term: 1.65x the step; time a commit
-before 43c5ca7, e.g. 1d42259, for SimCLR alone against the reference).
+defaults since 2026-12-07, a rotated copy of the first for E-SSL's term: 1.65x the step; `--opt
+rotation_weight=0` times SimCLR alone, as the reference and commits before 43c5ca7, which do not know
+the option: time those without it).
 
     .venv/bin/python benchmarks/bench_throughput.py --encoder cnn --batch-size 256
     .venv/bin/python benchmarks/bench_throughput.py --encoder cnn-bn --batch-size 512 --variants bf16+cl \\
@@ -40,16 +41,19 @@ PEERS = REPO.parent / "shared" / "peers"
 
 
 def fashionssl_images_per_s(method: str, encoder: str, batch_size: int, variant: str, steps: int,
-                            device: str = "auto", src: Path = REPO / "src", data_dir: str | None = None) -> float:
+                            device: str = "auto", src: Path = REPO / "src", data_dir: str | None = None,
+                            options: list[str] = ()) -> float:
     """images/s of the second of two epochs of `steps` steps, run from the fashionssl sources in `src`.
-    variant: fp32 | bf16 | auto, '+cl' for channels-last (e.g. 'bf16+cl')."""
+    variant: fp32 | bf16 | auto, '+cl' for channels-last (e.g. 'bf16+cl'); `options`: 'key=value'
+    method options, each passed as pretrain's --opt."""
     precision, _, layout = variant.partition("+")
     with tempfile.TemporaryDirectory() as out:
         run_dir = Path(out) / "run"
         args = ["--method", method, "--encoder", encoder, "--batch-size", str(batch_size), "--precision", precision,
                 "--channels-last" if layout == "cl" else "--no-channels-last", "--epochs", "2",
                 "--warmup-epochs", "0", "--train-subset", str(batch_size * steps), "--knn-every", "0",
-                "--device", device, "--out", str(run_dir), *(["--data-dir", data_dir] if data_dir else [])]
+                "--device", device, "--out", str(run_dir), *(["--data-dir", data_dir] if data_dir else []),
+                *[flag for option in options for flag in ("--opt", option)]]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
         subprocess.run([sys.executable, "-m", "fashionssl", "pretrain", *args], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -99,6 +103,8 @@ def main() -> None:
     p.add_argument("--variants", default="fp32,bf16,bf16+cl",
                    help="comma list of fp32 | bf16 | auto, '+cl' for channels_last")
     p.add_argument("--methods", default="simclr", help="comma list of methods to time")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option for every fashionssl row, as pretrain's (repeatable), e.g. rotation_weight=0")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files (default: where fashionssl finds them)")
     p.add_argument("--baseline", metavar="REV", help="also time this git commit of fashionssl, row by row")
@@ -124,9 +130,10 @@ def main() -> None:
                 for _ in range(a.repeats):
                     for name, src in sources:
                         runs[name].append(fashionssl_images_per_s(method, a.encoder, a.batch_size, variant, a.steps,
-                                                                  a.device, src, a.data_dir))
+                                                                  a.device, src, a.data_dir, a.opt))
                 speeds = {name: statistics.median(values) for name, values in runs.items()}
-                rows.append((f"fashionssl {method} {a.encoder}, batch {a.batch_size}, {variant}", speeds))
+                options = "".join(f", {option}" for option in a.opt)
+                rows.append((f"fashionssl {method} {a.encoder}, batch {a.batch_size}, {variant}{options}", speeds))
     columns = ["images/s"] + ([f"images/s at {a.baseline}", "now vs baseline"] if a.baseline else [])
     columns += ["vs reference"] if seed else []
     print("\n| pretraining | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))

@@ -27,15 +27,25 @@ from fashionssl.train import recorded_config
 NOT_RECIPE = {"seed", "out", "knn_every", "knn_bank_size", "log_every", "eval_batch_size"}
 
 
+def as_text(value: Any) -> str:
+    """`value` as JSON text with every whole number written alike, so `--opt rotation_weight=0` and a
+    config's 0.0 (or a crop scale's 1 and 1.0) name the same recipe."""
+    def whole(v: Any) -> Any:
+        if isinstance(v, list):
+            return [whole(item) for item in v]
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+    return json.dumps(whole(value))
+
+
 def recipe(config: dict) -> dict[str, Any]:
     """A run's config.json flattened (`method_options.temperature`), each value as JSON text (lists
-    become comparable), what is not recipe left out."""
+    become comparable, `as_text`), what is not recipe left out."""
     flat = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            flat.update({f"{key}.{name}": json.dumps(option) for name, option in value.items()})
+            flat.update({f"{key}.{name}": as_text(option) for name, option in value.items()})
         elif key not in NOT_RECIPE:
-            flat[key] = json.dumps(value)
+            flat[key] = as_text(value)
     return flat
 
 

@@ -1,6 +1,6 @@
 """benchmarks/seed_table.py gathers one comparison's seeds from several folders: runs of one method
 at two recipes stay apart, named by what differs; settings that only watch training do not split a
-method; a seed found twice is refused; differences from SimCLR are paired by seed."""
+method, nor do whole numbers written as 1 or 1.0; a seed found twice is refused; differences from SimCLR are paired by seed."""
 
 import json
 import subprocess
@@ -10,9 +10,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_run(run: Path, method: str, seed: int, probe: float, lr: float = 4e-3, knn_every: int = 0) -> None:
+def write_run(run: Path, method: str, seed: int, probe: float, lr: float = 4e-3, knn_every: int = 0,
+              scale: list = [0.4, 1.0]) -> None:
     run.mkdir(parents=True)
-    config = {"method": method, "method_options": {"scale": [0.4, 1.0]}, "lr": lr, "seed": seed,
+    config = {"method": method, "method_options": {"scale": scale}, "lr": lr, "seed": seed,
               "out": str(run), "knn_every": knn_every}
     (run / "config.json").write_text(json.dumps(config))
     (run / "results.json").write_text(json.dumps({"method": method, "linear_probe_test_acc": probe,
@@ -50,3 +51,11 @@ def test_a_seed_found_twice_is_refused(tmp_path):
     assert out.returncode == 2
     assert "are both simclr at seed 0; pass only one of them" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_whole_numbers_written_either_way_are_one_recipe(tmp_path):
+    write_run(tmp_path / "a", "swav", 0, 0.90, scale=[0.4, 1.0])  # a config's float
+    write_run(tmp_path / "b", "swav", 1, 0.92, scale=[0.4, 1])  # --opt's int
+    out = seed_table(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "| swav | 91.00 ± 1.41% |" in out.stdout and "scale" not in out.stdout
