@@ -88,6 +88,8 @@ def main() -> None:
     p.add_argument("--fixmatch-steps", default="", help="comma list of FixMatch step counts (none by default)")
     p.add_argument("--fixmatch-average", type=float,
                    help="score FixMatch's exponential moving average of the weights at this momentum (e.g. 0.999)")
+    p.add_argument("--fixmatch-align", action="store_true",
+                   help="FixMatch with distribution alignment of its pseudo-labels to the labelled images' classes")
     p.add_argument("--recalibrate", action="store_true",
                    help="also score the fine-tuned and scratch classifiers with BatchNorm statistics recomputed "
                         "on the unaugmented labelled images, and on all training images")
@@ -151,10 +153,12 @@ def main() -> None:
     for steps in numbers(a.fixmatch_steps, int):  # its head's weight decay chosen on the validation subset
         classifier = fixmatch_classifier(copy.deepcopy(backbone), train, take(data.val, val_idx), data.train.images,
                                          data.info.class_names, aug, device,
-                                         dataclasses.replace(settings, fixmatch_steps=steps), amp, a.fixmatch_average)
-        average = "" if a.fixmatch_average is None else f", weights averaged at momentum {a.fixmatch_average:g}"
+                                         dataclasses.replace(settings, fixmatch_steps=steps), amp, a.fixmatch_average,
+                                         a.fixmatch_align)
+        suffix = "" if a.fixmatch_average is None else f", weights averaged at momentum {a.fixmatch_average:g}"
+        suffix += ", distribution alignment" if a.fixmatch_align else ""
         print(f"| FixMatch from the pretrained encoder, with all {len(data.train)} training images unlabelled "
-              f"({steps} steps{average}) | {100 * classifier_accuracy(classifier, data.val, aug, device, amp):.2f}% |")
+              f"({steps} steps{suffix}) | {100 * classifier_accuracy(classifier, data.val, aug, device, amp):.2f}% |")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from fashionssl.augment import make_config, normalize
 from fashionssl.errors import UserError
 from fashionssl.evaluate import evaluate_checkpoint, results_table
 from fashionssl.label_efficiency import (
+    FixMatch,
     LabelFractions,
     classifier_accuracy,
     label_subsets,
@@ -28,7 +29,7 @@ from fashionssl.label_efficiency import (
     train_classifier,
     train_fixmatch,
 )
-from fashionssl.losses import fixmatch_loss
+from fashionssl.losses import distribution_aligned, fixmatch_loss
 from fashionssl.methods.supervised import Supervised
 
 # No single_thread here: the shared `trained_run` may be built by this module, and test_train checks
@@ -197,6 +198,31 @@ def test_fixmatch_loss_learns_confident_pseudo_labels_only():
     torch.testing.assert_close(strong.grad[0], (torch.full((3,), 1 / 3) - torch.tensor([1.0, 0, 0])) / 3)
     below, none = fixmatch_loss(weak, strong, threshold=1.0)  # nothing reaches certainty: nothing to learn
     assert below.item() == 0 and none.item() == 0
+
+
+def test_distribution_alignment_rescales_probabilities_by_target_over_mean():
+    probabilities = torch.tensor([[0.5, 0.3, 0.2]])
+    mean, target = torch.tensor([0.5, 0.25, 0.25]), torch.full((3,), 1 / 3)
+    aligned = torch.softmax(distribution_aligned(probabilities.log(), mean, target), 1)
+    # p * target / mean = [1, 1.2, 0.8] / 3, renormalised: [1, 1.2, 0.8] / 3
+    torch.testing.assert_close(aligned, torch.tensor([[1.0, 1.2, 0.8]]) / 3)
+
+
+def test_fixmatch_alignment_pulls_a_one_sided_classifier_to_the_labelled_classes():
+    """A classifier that favours class 0 everywhere: its running mean after one batch (bias-corrected,
+    so exactly that batch's mean) cancels the preference, and the pseudo-label distribution becomes
+    the labelled images' class frequencies; the image that leans least to class 0 is labelled 1."""
+    backbone = torch.nn.Identity()
+    backbone.feature_dim = 2
+    model = FixMatch(backbone, ("a", "b"), class_prior=torch.tensor([0.5, 0.5]))
+    logits = torch.tensor([[3.0, 0.0], [2.0, 0.0], [4.0, 0.0]])
+    aligned = torch.softmax(model.aligned(logits), 1)
+    mean = torch.softmax(logits, 1).mean(0)
+    torch.testing.assert_close(model.prediction_average / (1 - 0.999), mean)  # the first batch's mean
+    torch.testing.assert_close(aligned, torch.softmax(logits, 1) / mean / (torch.softmax(logits, 1) / mean).sum(1, True))
+    assert aligned.argmax(1).tolist() == [0, 1, 0]
+    model.aligned(logits)  # the same batch again: the bias-corrected mean stays that batch's
+    torch.testing.assert_close(model.prediction_average / (1 - 0.999 ** 2), mean)
 
 
 def test_fixmatch_trains_the_encoder_on_the_unlabelled_pool(small_data):

@@ -330,6 +330,23 @@ def test_simclr_rotated_copies_share_the_global_views_pass_with_local_crops():
     torch.testing.assert_close(logs["rotation_loss"], rotation_loss)
 
 
+def test_swav_rotation_weight_adds_the_same_term_to_swav_alone():
+    """SwAV takes E-SSL's rotation term as SimCLR does (off by default): SwAV's loss on the views
+    (in eval mode, so BatchNorm does not mix the copies into the views' statistics) plus weight x
+    the rotation head's cross-entropy on rotated copies of view 0."""
+    assert make("swav").rotation_head is None
+    model = make("swav", rotation_weight=0.4, local_crops=2, local_size=12).eval()
+    alone = make("swav", local_crops=2, local_size=12).eval()
+    alone.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("rotation_head")})
+    g = torch.Generator().manual_seed(3)
+    views = [torch.randn(8, 1, 28, 28, generator=g) for _ in range(2)] + [torch.randn(8, 1, 12, 12, generator=g) for _ in range(2)]
+    loss, logs = model(views, None)
+    rotated, rotation = rotate_each(views[0])
+    rotation_loss = F.cross_entropy(model.rotation_head(model.backbone(rotated)), rotation)
+    torch.testing.assert_close(loss, alone(views, None)[0] + 0.4 * rotation_loss)
+    torch.testing.assert_close(logs["rotation_loss"], rotation_loss)
+
+
 @pytest.mark.parametrize("weight", [-0.1, float("nan"), "0.4"])
 def test_simclr_rotation_weight_must_be_a_number_at_least_0(weight):
     with pytest.raises(UserError, match="simclr option rotation_weight must be a number >= 0"):

@@ -43,7 +43,7 @@ from . import augment
 from .data import Dataset, Split, stratified_order
 from .device import at_least_float32
 from .errors import UserError
-from .losses import fixmatch_loss
+from .losses import distribution_aligned, fixmatch_loss
 from .methods.base import ema_update, frozen_copy
 from .methods.supervised import Supervised
 from .optim import build_optimizer
@@ -71,6 +71,9 @@ FIXMATCH_STRONG_AUGMENT = {"erase_p": 0.5}
 FIXMATCH_THRESHOLD = 0.95
 FIXMATCH_UNLABELLED_PER_LABELLED = 4
 FIXMATCH_BATCH = 64
+# Distribution alignment's running mean prediction, as USB's FixMatch with alignment (about the last
+# 1,000 batches).
+ALIGNMENT_MOMENTUM = 0.999
 EXAMPLE = "pass fractions of the labels in (0, 1], e.g. --label-fractions 0.01,0.1,1.0"
 
 
@@ -243,25 +246,50 @@ class FixMatch(Supervised):
     `views` are (labelled, unlabelled weak, unlabelled strong), encoded in one forward pass, so
     BatchNorm normalises them together, as the paper does."""
 
+    def __init__(self, backbone, class_names: tuple[str, ...], class_prior: torch.Tensor | None = None):
+        super().__init__(backbone, class_names)
+        self.align = class_prior is not None
+        if self.align:
+            self.register_buffer("class_prior", class_prior.float())
+            self.register_buffer("prediction_average", torch.zeros(len(class_names)))
+            self.register_buffer("average_steps", torch.zeros(()))
+
     def forward(self, views, labels):
         logits = at_least_float32(self.classifier(self.backbone(torch.cat(views))))
         labelled_logits, weak_logits, strong_logits = logits.split([len(v) for v in views])
+        if self.align:
+            weak_logits = self.aligned(weak_logits)
         unlabelled_loss, confident = fixmatch_loss(weak_logits, strong_logits, FIXMATCH_THRESHOLD)
         return F.cross_entropy(labelled_logits, labels) + unlabelled_loss, {"confident": confident}
+
+    @torch.no_grad()
+    def aligned(self, weak_logits: torch.Tensor) -> torch.Tensor:
+        """The weak views' logits shifted by `distribution_aligned` towards `class_prior`, against the
+        running mean of the weak views' predictions: an exponential moving average at
+        ALIGNMENT_MOMENTUM, bias-corrected as Adam's moments are, so the first steps' estimate is
+        that of the batches seen, not pulled towards zero."""
+        self.prediction_average.lerp_(torch.softmax(weak_logits.float(), 1).mean(0), 1 - ALIGNMENT_MOMENTUM)
+        self.average_steps += 1
+        mean = self.prediction_average / (1 - ALIGNMENT_MOMENTUM ** self.average_steps)
+        return distribution_aligned(weak_logits.float(), mean, self.class_prior)
 
 
 def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelled: torch.Tensor,
                    aug: augment.AugmentConfig, device: torch.device, settings: LabelFractions,
-                   autocast_dtype: torch.dtype | None = None, average: float | None = None) -> nn.Sequential:
+                   autocast_dtype: torch.dtype | None = None, average: float | None = None,
+                   align: bool = False) -> nn.Sequential:
     """`FixMatch` from `backbone` (modified in place) and a copy of `head`: the labelled images of
     `train` and the `unlabelled` images (uint8, labels never seen), FIXMATCH_UNLABELLED_PER_LABELLED
     of them per labelled one in each batch. Returns the classifier in eval mode. The weak and strong
     views are `aug` changed by FIXMATCH_WEAK_AUGMENT / _STRONG_AUGMENT. With `average` (a momentum,
     e.g. the paper's 0.999), the classifier returned holds an exponential moving average of the
-    weights over the steps, as the paper evaluates, with the last step's BatchNorm statistics."""
+    weights over the steps, as the paper evaluates, with the last step's BatchNorm statistics. With
+    `align`, the pseudo-labels are distribution-aligned (`FixMatch.aligned`) to the class
+    frequencies of `train`'s labels."""
     weak = dataclasses.replace(aug, **FIXMATCH_WEAK_AUGMENT)
     strong = dataclasses.replace(aug, **FIXMATCH_STRONG_AUGMENT)
-    model = seeded(settings.seed, lambda: FixMatch(backbone, tuple(range(head.out_features))))
+    prior = torch.bincount(train.labels, minlength=head.out_features) / len(train) if align else None
+    model = seeded(settings.seed, lambda: FixMatch(backbone, tuple(range(head.out_features)), prior))
     model.classifier.load_state_dict(head.state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("adamw", model, settings.lr, settings.weight_decay)
@@ -297,7 +325,7 @@ def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelle
 def fixmatch_classifier(backbone: nn.Module, train: Split, val: Split, unlabelled: torch.Tensor,
                         class_names: tuple[str, ...], aug: augment.AugmentConfig, device: torch.device,
                         settings: LabelFractions, autocast_dtype: torch.dtype | None = None,
-                        average: float | None = None) -> nn.Sequential:
+                        average: float | None = None, align: bool = False) -> nn.Sequential:
     """`train_fixmatch` from `backbone` (modified in place) with a head that already knows the
     labelled images: the linear probe on `backbone`'s features of `train`, at the weight decay
     `val` chooses."""
@@ -305,7 +333,7 @@ def fixmatch_classifier(backbone: nn.Module, train: Split, val: Split, unlabelle
                          s.labels.to(device)) for s in (train, val)]
     val_accuracy, solutions = probe_on_validation(train_xy, val_xy, len(class_names))
     head = on_raw_features(solutions[best_weight_decay(val_accuracy)], *feature_statistics(train_xy[0]))
-    return train_fixmatch(backbone, head, train, unlabelled, aug, device, settings, autocast_dtype, average)
+    return train_fixmatch(backbone, head, train, unlabelled, aug, device, settings, autocast_dtype, average, align)
 
 
 def classifier_accuracy(model: nn.Module, split: Split, aug: augment.AugmentConfig, device: torch.device,

@@ -334,3 +334,12 @@ def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, thresh
     mask = (confidence >= threshold).float()
     loss = (F.cross_entropy(strong_logits.float(), pseudo_labels, reduction="none") * mask).mean()
     return loss, mask.mean()
+
+
+def distribution_aligned(logits: torch.Tensor, prediction_mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """ReMixMatch's distribution alignment (Berthelot et al., 2020) written on logits: scaling each
+    image's class probabilities by target / prediction_mean and renormalising, so that pseudo-labels
+    are drawn in the classes' expected proportions (`target`) rather than in those the classifier
+    currently favours (`prediction_mean`, its running mean prediction). Softmax renormalises, so
+    the scaling is a shift of every image's logits by log(target / prediction_mean)."""
+    return logits + torch.log(target / prediction_mean)

@@ -13,7 +13,7 @@ from torch import nn
 from ..augment import ViewSpec
 from ..device import at_least_float32
 from ..heads import mlp_head
-from .base import Method, check_option
+from .base import Method, check_option, encode_views
 
 NUM_ROTATIONS = 4
 
@@ -38,6 +38,24 @@ def rotate_each(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     for k in range(NUM_ROTATIONS):
         rotated[k::NUM_ROTATIONS] = torch.rot90(images[k::NUM_ROTATIONS], k, dims=(2, 3))
     return rotated, labels
+
+
+def encode_with_rotation(backbone: nn.Module, views: list[torch.Tensor], global_views: int,
+                         head: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """E-SSL's rotation term (Dangovski et al., 2022, "Equivariant Contrastive Learning") beside a
+    method's own loss: `head` predicts which of four rotations turned a copy of each image's first
+    view (`rotate_each`: one rotation per image, so a step encodes 3N global images instead of 2N).
+    The copies go right after the `global_views`, so they share their forward pass. Returns the
+    views' backbone features, (V N, feature_dim) in view order as `encode_views` gives them, the
+    rotation cross-entropy, and its logs."""
+    rotated, rotation = rotate_each(views[0])  # (N, C, H, W), (N,)
+    g, n = global_views, len(rotated)
+    features = encode_views(backbone, [*views[:g], rotated, *views[g:]])  # ((V + 1) N, feature_dim)
+    logits = head(features[g * n:(g + 1) * n])  # (N, 4)
+    loss = F.cross_entropy(at_least_float32(logits), rotation)
+    view_features = torch.cat([features[:g * n], features[(g + 1) * n:]])  # (V N, feature_dim)
+    return view_features, loss, {"rotation_loss": loss.detach(),
+                                 "rotation_acc": (logits.detach().argmax(1) == rotation).float().mean()}
 
 
 class Rotation(Method):

@@ -15,15 +15,11 @@ to the augmentations; rotation is one they should see, and RotNet's task teaches
 by default since it won on the validation split at every seed (docs/benchmarks.md, "SimCLR with
 rotation prediction"); runs recorded before keep 0 (config.OPTIONS_OF_OLDER_RUNS)."""
 
-import torch
-import torch.nn.functional as F
-
-from ..device import at_least_float32
 from ..errors import UserError
 from ..heads import mlp_head
 from ..losses import debiased_nt_xent, decoupled_nt_xent, multi_view_nt_xent
 from .base import Method, check_option, check_size, encode_views, multi_crop_spec
-from .rotation import NUM_ROTATIONS, rotate_each
+from .rotation import NUM_ROTATIONS, encode_with_rotation
 
 LOSSES = ("nt-xent", "decoupled", "debiased")
 
@@ -56,17 +52,9 @@ class SimCLR(Method):
             # One forward pass over the views of each size, so BatchNorm statistics mix them and
             # cannot leak which view an embedding came from.
             return self.contrastive_loss(encode_views(self.backbone, views)), {}
-        # One rotation per image, a quarter of RotNet's four: a step encodes 3N images instead of 2N.
-        # The copies go right after the global views, so they share their forward pass.
-        rotated, rotation = rotate_each(views[0])  # (N, C, H, W), (N,)
-        g, n = self.view_spec.global_views, len(rotated)
-        features = encode_views(self.backbone, [*views[:g], rotated, *views[g:]])  # ((V + 1) N, feature_dim)
-        logits = self.rotation_head(features[g * n:(g + 1) * n])  # (N, 4)
-        rotation_loss = F.cross_entropy(at_least_float32(logits), rotation)
-        view_features = torch.cat([features[:g * n], features[(g + 1) * n:]])  # (V N, feature_dim)
-        loss = self.contrastive_loss(view_features) + self.rotation_weight * rotation_loss
-        return loss, {"rotation_loss": rotation_loss.detach(),
-                      "rotation_acc": (logits.detach().argmax(1) == rotation).float().mean()}
+        features, rotation_loss, logs = encode_with_rotation(self.backbone, views, self.view_spec.global_views,
+                                                             self.rotation_head)
+        return self.contrastive_loss(features) + self.rotation_weight * rotation_loss, logs
 
     def contrastive_loss(self, features):
         """The contrastive loss of the views' backbone features, (V N, feature_dim) in view order."""

@@ -15,6 +15,7 @@ from ..device import at_least_float32
 from ..heads import mlp_head
 from ..losses import sinkhorn, swapped_prediction
 from .base import Method, check_option, check_size, encode_views, multi_crop_spec
+from .rotation import NUM_ROTATIONS, encode_with_rotation
 
 
 class SwAV(Method):
@@ -26,14 +27,15 @@ class SwAV(Method):
     queue_length embeddings per global view kept from earlier batches and used for the codes once
     full, filled from step queue_start_steps on (0 = no queue: the paper needs one only for batches
     far below K); hidden_dim/out_dim of the projector; local_crops, local_size and local_scale of
-    multi-crop."""
+    multi-crop; rotation_weight, E-SSL's rotation term as SimCLR's (`rotation.encode_with_rotation`;
+    0, the default: SwAV alone)."""
 
     skips_parameters = True  # the prototypes are left out of the loss while frozen
 
     def __init__(self, backbone, prototypes: int = 300, temperature: float = 0.1, epsilon: float = 0.05,
                  sinkhorn_iterations: int = 3, freeze_prototypes_steps: int = 100, queue_length: int = 0,
                  queue_start_steps: int = 0, hidden_dim: int = 512, out_dim: int = 128, local_crops: int = 4,
-                 local_size: int = 16, local_scale: tuple[float, float] = (0.05, 0.4)):
+                 local_size: int = 16, local_scale: tuple[float, float] = (0.05, 0.4), rotation_weight: float = 0.0):
         super().__init__(backbone)
         self.view_spec = multi_crop_spec("swav", local_crops, local_size, local_scale)
         check_size("swav", "prototypes", prototypes)
@@ -51,6 +53,10 @@ class SwAV(Method):
         check_size("swav", "out_dim", out_dim)
         self.projector = mlp_head(backbone.feature_dim, hidden_dim, out_dim)
         self.prototypes = nn.Linear(out_dim, prototypes, bias=False)
+        self.rotation_weight = check_option("swav", "rotation_weight", rotation_weight,
+                                            "a number >= 0 (0: no rotation prediction)", lambda v: v >= 0)
+        self.rotation_head = (mlp_head(backbone.feature_dim, hidden_dim, NUM_ROTATIONS)
+                              if self.rotation_weight else None)
         self._normalize_prototypes()
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # optimizer steps so far
         globals_ = self.view_spec.global_views
@@ -66,7 +72,11 @@ class SwAV(Method):
 
     def forward(self, views, labels):
         n, globals_ = views[0].shape[0], self.view_spec.global_views
-        z = F.normalize(at_least_float32(self.projector(encode_views(self.backbone, views))), dim=1)  # (V*N, out_dim)
+        if self.rotation_weight:
+            features, rotation_loss, logs = encode_with_rotation(self.backbone, views, globals_, self.rotation_head)
+        else:
+            features, rotation_loss, logs = encode_views(self.backbone, views), 0.0, {}
+        z = F.normalize(at_least_float32(self.projector(features)), dim=1)  # (V*N, out_dim)
         weight = self.prototypes.weight
         if self.steps_done < self.freeze_prototypes_steps:
             weight = weight.detach()  # frozen: no gradient, so the optimizer skips them
@@ -81,7 +91,7 @@ class SwAV(Method):
         loss = swapped_prediction(scores, torch.stack(codes), self.temperature)
         if self.training and self.queue_length and self.steps_done >= self.queue_start_steps:
             self._new_embeddings = z[:globals_ * n].detach().view(globals_, n, -1)
-        return loss, {}
+        return loss + self.rotation_weight * rotation_loss, logs
 
     @torch.no_grad()
     def after_step(self, step, total_steps):
