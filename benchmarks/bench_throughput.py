@@ -104,7 +104,8 @@ def main() -> None:
                    help="comma list of fp32 | bf16 | auto, '+cl' for channels_last")
     p.add_argument("--methods", default="simclr", help="comma list of methods to time")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method option for every fashionssl row, as pretrain's (repeatable), e.g. rotation_weight=0")
+                   help="a method option for every fashionssl row, as pretrain's (repeatable), e.g. rotation_weight=0; "
+                        "--baseline's commit gets it too and must know it")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files (default: where fashionssl finds them)")
     p.add_argument("--baseline", metavar="REV", help="also time this git commit of fashionssl, row by row")

@@ -226,6 +226,8 @@ def test_saved_configs_without_an_option_get_the_value_older_runs_trained_with()
     newer = config_from_dict({"method": "simclr", "method_options": {"rotation_weight": 0.4}}, "new")
     assert newer.method_options == {"rotation_weight": 0.4}
     assert config_from_dict({"method": "moco", "method_options": {}}, "moco").method_options == {}
+    # SwAV's came in at 0, its earlier runs' value: filled in so old and new records compare alike
+    assert config_from_dict({"method": "swav", "method_options": {}}, "swav").method_options == {"rotation_weight": 0.0}
 
 
 def test_a_run_recorded_before_rotation_weight_loads_as_simclr_alone_and_is_not_taken_for_todays(small_data_dir, tmp_path):

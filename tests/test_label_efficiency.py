@@ -209,9 +209,10 @@ def test_distribution_alignment_rescales_probabilities_by_target_over_mean():
 
 
 def test_fixmatch_alignment_pulls_a_one_sided_classifier_to_the_labelled_classes():
-    """A classifier that favours class 0 everywhere: its running mean after one batch (bias-corrected,
-    so exactly that batch's mean) cancels the preference, and the pseudo-label distribution becomes
-    the labelled images' class frequencies; the image that leans least to class 0 is labelled 1."""
+    """A classifier that favours class 0 everywhere: its running mean after one batch (from zero, so
+    that batch's mean times 1 - momentum: the same proportions) cancels the preference, and the
+    pseudo-label distribution becomes the labelled images' class frequencies; the image that leans
+    least to class 0 is labelled 1."""
     backbone = torch.nn.Identity()
     backbone.feature_dim = 2
     model = FixMatch(backbone, ("a", "b"), class_prior=torch.tensor([0.5, 0.5]))
@@ -221,8 +222,27 @@ def test_fixmatch_alignment_pulls_a_one_sided_classifier_to_the_labelled_classes
     torch.testing.assert_close(model.prediction_average / (1 - 0.999), mean)  # the first batch's mean
     torch.testing.assert_close(aligned, torch.softmax(logits, 1) / mean / (torch.softmax(logits, 1) / mean).sum(1, True))
     assert aligned.argmax(1).tolist() == [0, 1, 0]
-    model.aligned(logits)  # the same batch again: the bias-corrected mean stays that batch's
+    model.aligned(logits)  # the same batch again: the proportions stay that batch's
     torch.testing.assert_close(model.prediction_average / (1 - 0.999 ** 2), mean)
+    empty = distribution_aligned(logits, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert torch.isfinite(empty).all()  # an empty class or a zero mean: a large shift, not inf or NaN
+
+
+def test_fixmatch_with_alignment_trains_on_other_pseudo_labels(small_data):
+    """A head confident in class 3 for every image: without alignment every pseudo-label is 3; with
+    it, the labelled images' uniform classes pull them apart, so the weights end elsewhere."""
+    train = Split(small_data.train.images[:100], small_data.train.labels[:100])
+    settings = LabelFractions((0.1,), fixmatch=True, fixmatch_steps=3)
+    head = torch.nn.Linear(1152, 10)
+    head.bias.data = 10 * torch.nn.functional.one_hot(torch.tensor(3), 10).float()
+
+    def fixmatch(align: bool) -> torch.nn.Sequential:
+        backbone = reinitialised(build_encoder("cnn-bn"), seed=0)
+        return train_fixmatch(backbone, head, train, small_data.train.images[100:612], make_config("default"),
+                              torch.device("cpu"), settings, align=align)
+
+    plain, aligned = fixmatch(False), fixmatch(True)
+    assert torch.isfinite(aligned[1].weight).all() and not torch.equal(plain[1].weight, aligned[1].weight)
 
 
 def test_fixmatch_trains_the_encoder_on_the_unlabelled_pool(small_data):

@@ -156,7 +156,9 @@ def make_config(file: str | Path | None = None, **overrides: Any) -> Config:
 # every option since 2026-12-04, so a saved config of this method that does not name one is older
 # than the option and gets the value it trained with, not today's default: SimCLR's E-SSL rotation
 # prediction is on by default since 2026-12-07 (docs/benchmarks.md, "SimCLR with rotation prediction").
-OPTIONS_OF_OLDER_RUNS = {"simclr": {"rotation_weight": 0.0}}
+# SwAV's rotation_weight came in at 0, what its earlier runs trained with: filled in all the same, so
+# that old and new SwAV records compare alike (seed_table pairs them).
+OPTIONS_OF_OLDER_RUNS = {"simclr": {"rotation_weight": 0.0}, "swav": {"rotation_weight": 0.0}}
 
 
 def with_options_of_older_runs(values: dict) -> dict:

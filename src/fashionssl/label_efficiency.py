@@ -252,7 +252,6 @@ class FixMatch(Supervised):
         if self.align:
             self.register_buffer("class_prior", class_prior.float())
             self.register_buffer("prediction_average", torch.zeros(len(class_names)))
-            self.register_buffer("average_steps", torch.zeros(()))
 
     def forward(self, views, labels):
         logits = at_least_float32(self.classifier(self.backbone(torch.cat(views))))
@@ -266,12 +265,10 @@ class FixMatch(Supervised):
     def aligned(self, weak_logits: torch.Tensor) -> torch.Tensor:
         """The weak views' logits shifted by `distribution_aligned` towards `class_prior`, against the
         running mean of the weak views' predictions: an exponential moving average at
-        ALIGNMENT_MOMENTUM, bias-corrected as Adam's moments are, so the first steps' estimate is
-        that of the batches seen, not pulled towards zero."""
+        ALIGNMENT_MOMENTUM, started from zero. Only its proportions matter (a constant factor shifts
+        every logit alike), so the first steps need no bias correction."""
         self.prediction_average.lerp_(torch.softmax(weak_logits.float(), 1).mean(0), 1 - ALIGNMENT_MOMENTUM)
-        self.average_steps += 1
-        mean = self.prediction_average / (1 - ALIGNMENT_MOMENTUM ** self.average_steps)
-        return distribution_aligned(weak_logits.float(), mean, self.class_prior)
+        return distribution_aligned(weak_logits.float(), self.prediction_average, self.class_prior)
 
 
 def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelled: torch.Tensor,

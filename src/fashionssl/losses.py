@@ -341,5 +341,7 @@ def distribution_aligned(logits: torch.Tensor, prediction_mean: torch.Tensor, ta
     image's class probabilities by target / prediction_mean and renormalising, so that pseudo-labels
     are drawn in the classes' expected proportions (`target`) rather than in those the classifier
     currently favours (`prediction_mean`, its running mean prediction). Softmax renormalises, so
-    the scaling is a shift of every image's logits by log(target / prediction_mean)."""
-    return logits + torch.log(target / prediction_mean)
+    the scaling is a shift of every image's logits by log(target / prediction_mean). Both are
+    floored at 1e-12, so an empty class or an underflowing mean gives a large finite shift, not an
+    infinite one (or NaN)."""
+    return logits + torch.log(target.clamp_min(1e-12) / prediction_mean.clamp_min(1e-12))
