@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_throughput import opt_flags
 from fashionssl.runlog import epoch_lines
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     a = p.parse_args()
     args = ["--method", a.method, "--epochs", "2", "--warmup-epochs", "0", "--train-subset", str(a.train_subset),
             "--batch-size", str(a.batch_size), "--knn-every", "0", "--device", a.device,
-            *[flag for option in a.opt for flag in ("--opt", option)]]
+            *opt_flags(a.opt)]
     print(f"{time.strftime('%Y-%m-%d')}, {a.threads} threads in all, {a.method} cnn-bn, global batch {a.batch_size}, "
           f"device {a.device}{''.join(f', {option}' for option in a.opt)}")
     rows = [(n, images_per_s(n, a.threads, args)) for n in map(int, a.processes.split(","))]

@@ -40,6 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 PEERS = REPO.parent / "shared" / "peers"
 
 
+def opt_flags(options: list[str]) -> list[str]:
+    """'key=value' method options as pretrain's command-line flags: --opt key=value for each."""
+    return [flag for option in options for flag in ("--opt", option)]
+
+
 def fashionssl_images_per_s(method: str, encoder: str, batch_size: int, variant: str, steps: int,
                             device: str = "auto", src: Path = REPO / "src", data_dir: str | None = None,
                             options: list[str] = ()) -> float:
@@ -53,7 +58,7 @@ def fashionssl_images_per_s(method: str, encoder: str, batch_size: int, variant:
                 "--channels-last" if layout == "cl" else "--no-channels-last", "--epochs", "2",
                 "--warmup-epochs", "0", "--train-subset", str(batch_size * steps), "--knn-every", "0",
                 "--device", device, "--out", str(run_dir), *(["--data-dir", data_dir] if data_dir else []),
-                *[flag for option in options for flag in ("--opt", option)]]
+                *opt_flags(options)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
         subprocess.run([sys.executable, "-m", "fashionssl", "pretrain", *args], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -248,15 +248,14 @@ class FixMatch(Supervised):
 
     def __init__(self, backbone, class_names: tuple[str, ...], class_prior: torch.Tensor | None = None):
         super().__init__(backbone, class_names)
-        self.align = class_prior is not None
-        if self.align:
-            self.register_buffer("class_prior", class_prior.float())
-            self.register_buffer("prediction_average", torch.zeros(len(class_names)))
+        aligns = class_prior is not None
+        self.register_buffer("class_prior", class_prior.float() if aligns else None)
+        self.register_buffer("prediction_average", torch.zeros(len(class_names)) if aligns else None)
 
     def forward(self, views, labels):
         logits = at_least_float32(self.classifier(self.backbone(torch.cat(views))))
         labelled_logits, weak_logits, strong_logits = logits.split([len(v) for v in views])
-        if self.align:
+        if self.class_prior is not None:
             weak_logits = self.aligned(weak_logits)
         unlabelled_loss, confident = fixmatch_loss(weak_logits, strong_logits, FIXMATCH_THRESHOLD)
         return F.cross_entropy(labelled_logits, labels) + unlabelled_loss, {"confident": confident}
@@ -267,8 +266,8 @@ class FixMatch(Supervised):
         running mean of the weak views' predictions: an exponential moving average at
         ALIGNMENT_MOMENTUM, started from zero. Only its proportions matter (a constant factor shifts
         every logit alike), so the first steps need no bias correction."""
-        self.prediction_average.lerp_(torch.softmax(weak_logits.float(), 1).mean(0), 1 - ALIGNMENT_MOMENTUM)
-        return distribution_aligned(weak_logits.float(), self.prediction_average, self.class_prior)
+        self.prediction_average.lerp_(torch.softmax(weak_logits, 1).mean(0), 1 - ALIGNMENT_MOMENTUM)
+        return distribution_aligned(weak_logits, self.prediction_average, self.class_prior)
 
 
 def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelled: torch.Tensor,

@@ -40,6 +40,14 @@ def rotate_each(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rotated, labels
 
 
+def rotation_term(method: str, weight: float, feature_dim: int, hidden_dim: int) -> tuple[float, nn.Module | None]:
+    """`method`'s checked rotation_weight and the head of its E-SSL term (`encode_with_rotation`): an
+    MLP as wide as the method's projector's hidden layer, None at weight 0 (the method alone)."""
+    weight = check_option(method, "rotation_weight", weight, "a number >= 0 (0: no rotation prediction)",
+                          lambda v: v >= 0)
+    return weight, mlp_head(feature_dim, hidden_dim, NUM_ROTATIONS) if weight else None
+
+
 def encode_with_rotation(backbone: nn.Module, views: list[torch.Tensor], global_views: int,
                          head: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """E-SSL's rotation term (Dangovski et al., 2022, "Equivariant Contrastive Learning") beside a

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..heads import mlp_head
 from ..losses import debiased_nt_xent, decoupled_nt_xent, multi_view_nt_xent
 from .base import Method, check_option, check_size, encode_views, multi_crop_spec
-from .rotation import NUM_ROTATIONS, encode_with_rotation
+from .rotation import encode_with_rotation, rotation_term
 
 LOSSES = ("nt-xent", "decoupled", "debiased")
 
@@ -42,10 +42,8 @@ class SimCLR(Method):
                                         "a number in [0, 1)", lambda v: 0 <= v < 1)
         self.view_spec = multi_crop_spec("simclr", local_crops, local_size, local_scale)
         self.projector = mlp_head(backbone.feature_dim, hidden_dim, out_dim)
-        self.rotation_weight = check_option("simclr", "rotation_weight", rotation_weight,
-                                            "a number >= 0 (0: no rotation prediction)", lambda v: v >= 0)
-        self.rotation_head = (mlp_head(backbone.feature_dim, hidden_dim, NUM_ROTATIONS)
-                              if self.rotation_weight else None)  # as wide as the projector's hidden layer
+        self.rotation_weight, self.rotation_head = rotation_term("simclr", rotation_weight, backbone.feature_dim,
+                                                                 hidden_dim)
 
     def forward(self, views, labels):
         if not self.rotation_weight:

@@ -15,7 +15,7 @@ from ..device import at_least_float32
 from ..heads import mlp_head
 from ..losses import sinkhorn, swapped_prediction
 from .base import Method, check_option, check_size, encode_views, multi_crop_spec
-from .rotation import NUM_ROTATIONS, encode_with_rotation
+from .rotation import encode_with_rotation, rotation_term
 
 
 class SwAV(Method):
@@ -53,10 +53,8 @@ class SwAV(Method):
         check_size("swav", "out_dim", out_dim)
         self.projector = mlp_head(backbone.feature_dim, hidden_dim, out_dim)
         self.prototypes = nn.Linear(out_dim, prototypes, bias=False)
-        self.rotation_weight = check_option("swav", "rotation_weight", rotation_weight,
-                                            "a number >= 0 (0: no rotation prediction)", lambda v: v >= 0)
-        self.rotation_head = (mlp_head(backbone.feature_dim, hidden_dim, NUM_ROTATIONS)
-                              if self.rotation_weight else None)
+        self.rotation_weight, self.rotation_head = rotation_term("swav", rotation_weight, backbone.feature_dim,
+                                                                 hidden_dim)
         self._normalize_prototypes()
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # optimizer steps so far
         globals_ = self.view_spec.global_views
