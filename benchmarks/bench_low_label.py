@@ -11,11 +11,15 @@ its from-scratch baseline (`label_efficiency.train_classifier`, the settings of 
 the head started from the best probe's solution (LP-FT), BatchNorm's statistics recomputed after
 training, the fine-tuned classifier distilled into the pretrained encoder over every training
 image, labelled or not (`distill`), and FixMatch from the pretrained encoder at several step counts
-(`label_efficiency.fixmatch_classifier`, the settings of `evaluate --fixmatch`).
+(`label_efficiency.fixmatch_classifier`, the settings of `evaluate --fixmatch`), its confidence
+threshold and unlabelled images per labelled one changed on request, and with `--fixmatch-monitor`
+its pseudo-labels watched as they form (`pseudo_label_monitor`).
 
     .venv/bin/python benchmarks/bench_low_label.py runs/main-fold --distill-steps 500,2000 \
         --finetune-lrs 3e-4,1e-4 --finetune-steps 1500 --lp-ft-lrs 1e-3,3e-4,1e-4 --recalibrate
     .venv/bin/python benchmarks/bench_low_label.py runs/sweep-methods-4x4/swav-lr-4e-3 --fixmatch-steps 3000,6000
+    .venv/bin/python benchmarks/bench_low_label.py runs/sweep-methods-4x4/swav-lr-4e-3 --label-seed 2 \
+        --fixmatch-steps 3000 --fixmatch-ratio 7 --fixmatch-monitor
 """
 
 import argparse
@@ -30,13 +34,15 @@ from fashionssl.augment import AugmentConfig, normalize
 from fashionssl.data import Split
 from fashionssl.device import autocast_dtype, resolve_device
 from fashionssl.evaluate import load_data_for, load_trained
-from fashionssl.label_efficiency import (FINETUNE_AUGMENT, LabelFractions, classifier_accuracy, fixmatch_classifier,
-                                         label_subsets, reinitialised, take, train_classifier)
+from fashionssl.label_efficiency import (FINETUNE_AUGMENT, MONITOR_EVERY, LabelFractions, Monitor,
+                                         classifier_accuracy, fixmatch_classifier, label_subsets, reinitialised, take,
+                                         train_classifier)
 from fashionssl.probe import (accuracy, extract_features, feature_statistics, fit_linear_classifier, knn_predict,
                               on_raw_features, standardize)
 
 WEIGHT_DECAYS = (10, 3, 1, 0.3, 0.1, 0.03, 0.01, 1e-3)
 KNN_K = (10, 20, 50)
+MONITOR_POOL = 5000  # training images whose pseudo-labels --fixmatch-monitor follows
 
 
 def distill(teacher: nn.Module, student: nn.Module, images: torch.Tensor, class_names: tuple[str, ...],
@@ -70,6 +76,28 @@ def recalibrated(classifier: nn.Module, images: torch.Tensor, aug: AugmentConfig
     return model.eval()
 
 
+def pseudo_label_monitor(pool: Split, val: Split, threshold: float, aug: AugmentConfig, device: torch.device,
+                         amp: torch.dtype | None, rows: list[str]) -> Monitor:
+    """A `train_fixmatch` monitor appending one table row to `rows` at each call: the validation
+    accuracy so far, and on `pool` (unlabelled images whose labels only this benchmark reads) the
+    fraction predicted with confidence >= `threshold` and the accuracy of those predictions, the
+    pseudo-labels FixMatch would learn (here of the unaugmented images, not its weak views), and
+    the largest share one class takes of them: confirmation bias shows as wrong confident
+    predictions, or as one class taking over."""
+    pool_y, val_y = pool.labels.to(device), val.labels.to(device)
+
+    def monitor(step: int, classifier: nn.Module) -> None:
+        probabilities = torch.softmax(extract_features(classifier, pool.images, aug, device, autocast_dtype=amp), 1)
+        confidence, predicted = probabilities.max(1)
+        confident = confidence >= threshold
+        shares = torch.bincount(predicted[confident], minlength=probabilities.shape[1]) / confident.sum().clamp_min(1)
+        val_acc = classifier_accuracy(classifier, val, aug, device, amp)
+        rows.append(f"| {step} | {100 * val_acc:.2f}% | {100 * confident.float().mean().item():.1f}% | "
+                    f"{100 * accuracy(predicted[confident], pool_y[confident]):.2f}% | "
+                    f"{100 * accuracy(predicted, pool_y):.2f}% | {100 * shares.max().item():.1f}% |")
+    return monitor
+
+
 def numbers(text: str, kind: type) -> list:
     return [kind(part) for part in text.split(",") if part]
 
@@ -90,6 +118,13 @@ def main() -> None:
                    help="score FixMatch's exponential moving average of the weights at this momentum (e.g. 0.999)")
     p.add_argument("--fixmatch-align", action="store_true",
                    help="FixMatch with distribution alignment of its pseudo-labels to the labelled images' classes")
+    p.add_argument("--fixmatch-threshold", type=float, default=LabelFractions.fixmatch_threshold,
+                   help="FixMatch's confidence threshold for a pseudo-label")
+    p.add_argument("--fixmatch-ratio", type=int, default=LabelFractions.fixmatch_unlabelled_ratio,
+                   help="FixMatch's unlabelled images per labelled one in each batch")
+    p.add_argument("--fixmatch-monitor", action="store_true",
+                   help=f"print FixMatch's pseudo-labels on {MONITOR_POOL} training images (their hidden labels read "
+                        f"here only) and its validation accuracy every {MONITOR_EVERY} steps")
     p.add_argument("--recalibrate", action="store_true",
                    help="also score the fine-tuned and scratch classifiers with BatchNorm statistics recomputed "
                         "on the unaugmented labelled images, and on all training images")
@@ -150,15 +185,27 @@ def main() -> None:
                           aug, train_aug, device, dataclasses.replace(settings, steps=steps), amp)
         print(f"| fine-tuned, then distilled on all {len(data.train)} training images ({steps} steps) | "
               f"{100 * classifier_accuracy(student, data.val, aug, device, amp):.2f}% |")
+    fixmatch = dataclasses.replace(settings, fixmatch_threshold=a.fixmatch_threshold,
+                                   fixmatch_unlabelled_ratio=a.fixmatch_ratio)
+    # the monitor's images: one draw, so that every run of a study is watched on the same ones
+    pool = take(data.train, torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:MONITOR_POOL])
     for steps in numbers(a.fixmatch_steps, int):  # its head's weight decay chosen on the validation subset
+        rows = []
+        monitor = (pseudo_label_monitor(pool, data.val, a.fixmatch_threshold, aug, device, amp, rows)
+                   if a.fixmatch_monitor else None)
         classifier = fixmatch_classifier(copy.deepcopy(backbone), train, take(data.val, val_idx), data.train.images,
                                          data.info.class_names, aug, device,
-                                         dataclasses.replace(settings, fixmatch_steps=steps), amp, a.fixmatch_average,
-                                         a.fixmatch_align)
+                                         dataclasses.replace(fixmatch, fixmatch_steps=steps), amp, a.fixmatch_average,
+                                         a.fixmatch_align, monitor)
         suffix = "" if a.fixmatch_average is None else f", weights averaged at momentum {a.fixmatch_average:g}"
         suffix += ", distribution alignment" if a.fixmatch_align else ""
+        suffix += f", threshold {a.fixmatch_threshold:g}, {a.fixmatch_ratio} unlabelled per labelled"
         print(f"| FixMatch from the pretrained encoder, with all {len(data.train)} training images unlabelled "
               f"({steps} steps{suffix}) | {100 * classifier_accuracy(classifier, data.val, aug, device, amp):.2f}% |")
+        if rows:
+            print(f"\n| FixMatch step | validation accuracy | confident (of {MONITOR_POOL} training images) | "
+                  "confident ones right | all right | largest class share of the confident |\n"
+                  "|---:|---:|---:|---:|---:|---:|", *rows, "", sep="\n")
 
 
 if __name__ == "__main__":

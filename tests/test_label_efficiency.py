@@ -326,3 +326,57 @@ def test_fixmatch_weight_average_at_its_two_ends(small_data):
         if "running_mean" in name:
             assert torch.equal(start, value)  # the last step's statistics, not the initial zeros
     assert not never_moved.training
+
+
+def test_fixmatch_threshold_decides_which_images_get_pseudo_labels():
+    """Weak logits (3, 0) give a top probability of 0.953 and (0, 0) of 0.5: at threshold 0.9 one
+    image of two is confident, at 0.99 none, and then the unlabelled term is zero."""
+    backbone = torch.nn.Identity()
+    backbone.feature_dim = 2
+    unlabelled = torch.tensor([[3.0, 0.0], [0.0, 0.0]])
+    views = [torch.tensor([[1.0, 0.0]]), unlabelled, unlabelled]
+    for threshold, confident in ((0.9, 0.5), (0.99, 0.0)):
+        model = FixMatch(backbone, ("a", "b"), threshold=threshold)
+        with torch.no_grad():
+            model.classifier.weight.copy_(torch.eye(2))
+            model.classifier.bias.zero_()
+        loss, extras = model(views, torch.tensor([0]))
+        assert extras["confident"].item() == confident
+        labelled_only = torch.nn.functional.cross_entropy(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+        assert (loss.item() > labelled_only.item()) == (confident > 0)
+
+
+def test_fixmatch_batches_and_monitor_follow_the_settings(small_data, monkeypatch):
+    """Two unlabelled images per labelled one: weak and strong views of 64 unlabelled images beside
+    32 labelled ones; the monitor sees the classifier in eval mode every MONITOR_EVERY steps."""
+    import fashionssl.label_efficiency as label_efficiency
+    sizes, seen = [], []
+    augment_views = label_efficiency.augment.augment
+    monkeypatch.setattr(label_efficiency.augment, "augment",
+                        lambda images, *args: sizes.append(len(images)) or augment_views(images, *args))
+    monkeypatch.setattr(label_efficiency, "MONITOR_EVERY", 2)
+    train = Split(small_data.train.images[:32], small_data.train.labels[:32])
+    settings = LabelFractions((0.1,), fixmatch=True, fixmatch_steps=4, fixmatch_unlabelled_ratio=2)
+    train_fixmatch(reinitialised(build_encoder("cnn-bn"), seed=0), torch.nn.Linear(1152, 10), train,
+                   small_data.train.images[32:300], make_config("default"), torch.device("cpu"), settings,
+                   monitor=lambda step, classifier: seen.append((step, classifier.training)))
+    assert sizes == [32, 64, 64] * 4
+    assert seen == [(2, False), (4, False)]
+
+
+@pytest.mark.parametrize("field, value", [("fixmatch_threshold", 0.0), ("fixmatch_threshold", 1.5),
+                                          ("fixmatch_unlabelled_ratio", 0), ("fixmatch_unlabelled_ratio", 2.5)])
+def test_fixmatch_settings_out_of_range_are_user_errors(field, value):
+    with pytest.raises(UserError, match="fix LabelFractions"):
+        LabelFractions((0.01,), fixmatch=True, **{field: value})
+
+
+def test_pseudo_label_monitor_reports_a_classifier_stuck_on_one_class(small_data, benchmark_script):
+    monitor_for = benchmark_script("bench_low_label").pseudo_label_monitor
+    labels = torch.arange(10).repeat(20)  # 20 images of each class: 10% of them are 3
+    pool = Split(small_data.train.images[:200], labels)
+    val = Split(small_data.val.images[:100], torch.full((100,), 3))
+    rows = []
+    monitor_for(pool, val, 0.95, make_config("default"), torch.device("cpu"), None, rows)(500, ConstantTeacher())
+    # step, validation accuracy, confident, confident ones right, all right, largest class share
+    assert rows == ["| 500 | 100.00% | 100.0% | 10.00% | 10.00% | 100.0% |"]

@@ -62,18 +62,20 @@ FINETUNE_AUGMENT = {"crop_scale": (0.5, 1.0), "blur_p": 0.0}
 # FixMatch's two views of an image, each applied to the run's augmentation: the weak one, whose
 # confident predictions become pseudo-labels (crop and flip, as the paper's flip and shift), and
 # the strong one that must match them (pretraining's views with random erasing, in place of the
-# paper's RandAugment and Cutout). Its other settings are the paper's: a confidence threshold of
-# 0.95, four unlabelled images per labelled one, the unlabelled term at weight 1; batch 64 of
-# labelled images. Chosen as the paper's, checked on the validation split (docs/benchmarks.md,
-# "FixMatch at 1%"), not tuned there.
+# paper's RandAugment and Cutout). Its other settings (`LabelFractions`) are the paper's: a
+# confidence threshold of 0.95, the unlabelled term at weight 1, batch 64 of labelled images; four
+# unlabelled images per labelled one (the paper's 7). Checked on the validation split
+# (docs/benchmarks.md, "FixMatch at 1%").
 FIXMATCH_WEAK_AUGMENT = {"crop_scale": (0.7, 1.0), "jitter_p": 0.0, "blur_p": 0.0}
 FIXMATCH_STRONG_AUGMENT = {"erase_p": 0.5}
-FIXMATCH_THRESHOLD = 0.95
-FIXMATCH_UNLABELLED_PER_LABELLED = 4
 FIXMATCH_BATCH = 64
 # Distribution alignment's running mean prediction, as USB's FixMatch with alignment (about the last
 # 1,000 batches).
 ALIGNMENT_MOMENTUM = 0.999
+# How often `train_fixmatch` calls its monitor: six times in the default 3,000 steps.
+MONITOR_EVERY = 500
+# A callback `train_fixmatch` hands (steps done, the classifier in eval mode).
+Monitor = Callable[[int, nn.Module], None]
 EXAMPLE = "pass fractions of the labels in (0, 1], e.g. --label-fractions 0.01,0.1,1.0"
 
 
@@ -93,14 +95,21 @@ class LabelFractions:
     # labels against twice as many; for cnn-bn-wide-4x4 on 2 cores of an Intel Xeon with AMX, a 1%
     # row with both FixMatch runs took 10-14.5 minutes (docs/benchmarks.md, "FixMatch at 1%").
     fixmatch_steps: int = 3000
+    fixmatch_threshold: float = 0.95  # the weak view's top class probability that makes a pseudo-label
+    fixmatch_unlabelled_ratio: int = 4  # unlabelled images per labelled one in each batch
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", check_fractions(self.fractions))
         for name, option in (("steps", "--finetune-steps"), ("batch_size", "LabelFractions.batch_size"),
-                             ("fixmatch_steps", "--fixmatch-steps")):
+                             ("fixmatch_steps", "--fixmatch-steps"),
+                             ("fixmatch_unlabelled_ratio", "LabelFractions.fixmatch_unlabelled_ratio")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"fine-tuning {name} must be an integer >= 1, got {value!r}; fix {option}")
+        threshold = self.fixmatch_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise UserError(f"FixMatch's confidence threshold must be in (0, 1], got {threshold!r}; "
+                            "fix LabelFractions.fixmatch_threshold")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"the label subsets' seed must be an integer >= 0, got {self.seed!r}; fix --label-seed")
 
@@ -109,8 +118,9 @@ class LabelFractions:
             f"FixMatch: the pretrained encoder (and, as its baseline, scratch's initialisation), its head started "
             f"from the probe on its features of the training subset, "
             f"trained {self.fixmatch_steps} steps on batches of {FIXMATCH_BATCH} labelled images and "
-            f"{FIXMATCH_UNLABELLED_PER_LABELLED * FIXMATCH_BATCH} images of the whole training split without their "
-            f"labels (pseudo-labels from weak views {FIXMATCH_WEAK_AUGMENT} at confidence >= {FIXMATCH_THRESHOLD}, "
+            f"{self.fixmatch_unlabelled_ratio * FIXMATCH_BATCH} images of the whole training split without their "
+            f"labels (pseudo-labels from weak views {FIXMATCH_WEAK_AUGMENT} at confidence >= "
+            f"{self.fixmatch_threshold:g}, "
             f"learnt on strong views: the run's augmentation with {FIXMATCH_STRONG_AUGMENT}), AdamW lr {self.lr:g}, "
             f"weight decay {self.weight_decay:g}, warm-up + cosine",
         ] if self.fixmatch else []
@@ -246,8 +256,10 @@ class FixMatch(Supervised):
     `views` are (labelled, unlabelled weak, unlabelled strong), encoded in one forward pass, so
     BatchNorm normalises them together, as the paper does."""
 
-    def __init__(self, backbone, class_names: tuple[str, ...], class_prior: torch.Tensor | None = None):
+    def __init__(self, backbone, class_names: tuple[str, ...], class_prior: torch.Tensor | None = None,
+                 threshold: float = LabelFractions.fixmatch_threshold):
         super().__init__(backbone, class_names)
+        self.threshold = threshold
         aligns = class_prior is not None
         self.register_buffer("class_prior", class_prior.float() if aligns else None)
         self.register_buffer("prediction_average", torch.zeros(len(class_names)) if aligns else None)
@@ -257,7 +269,7 @@ class FixMatch(Supervised):
         labelled_logits, weak_logits, strong_logits = logits.split([len(v) for v in views])
         if self.class_prior is not None:
             weak_logits = self.aligned(weak_logits)
-        unlabelled_loss, confident = fixmatch_loss(weak_logits, strong_logits, FIXMATCH_THRESHOLD)
+        unlabelled_loss, confident = fixmatch_loss(weak_logits, strong_logits, self.threshold)
         return F.cross_entropy(labelled_logits, labels) + unlabelled_loss, {"confident": confident}
 
     @torch.no_grad()
@@ -273,19 +285,21 @@ class FixMatch(Supervised):
 def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelled: torch.Tensor,
                    aug: augment.AugmentConfig, device: torch.device, settings: LabelFractions,
                    autocast_dtype: torch.dtype | None = None, average: float | None = None,
-                   align: bool = False) -> nn.Sequential:
+                   align: bool = False, monitor: Monitor | None = None) -> nn.Sequential:
     """`FixMatch` from `backbone` (modified in place) and a copy of `head`: the labelled images of
-    `train` and the `unlabelled` images (uint8, labels never seen), FIXMATCH_UNLABELLED_PER_LABELLED
+    `train` and the `unlabelled` images (uint8, labels never seen), `settings.fixmatch_unlabelled_ratio`
     of them per labelled one in each batch. Returns the classifier in eval mode. The weak and strong
     views are `aug` changed by FIXMATCH_WEAK_AUGMENT / _STRONG_AUGMENT. With `average` (a momentum,
     e.g. the paper's 0.999), the classifier returned holds an exponential moving average of the
     weights over the steps, as the paper evaluates, with the last step's BatchNorm statistics. With
     `align`, the pseudo-labels are distribution-aligned (`FixMatch.aligned`) to the class
-    frequencies of `train`'s labels."""
+    frequencies of `train`'s labels. `monitor`, if given, is called with the step count and the
+    classifier (in eval mode) every MONITOR_EVERY steps, to watch the pseudo-labels as they form."""
     weak = dataclasses.replace(aug, **FIXMATCH_WEAK_AUGMENT)
     strong = dataclasses.replace(aug, **FIXMATCH_STRONG_AUGMENT)
     prior = torch.bincount(train.labels, minlength=head.out_features) / len(train) if align else None
-    model = seeded(settings.seed, lambda: FixMatch(backbone, tuple(range(head.out_features)), prior))
+    model = seeded(settings.seed, lambda: FixMatch(backbone, tuple(range(head.out_features)), prior,
+                                                settings.fixmatch_threshold))
     model.classifier.load_state_dict(head.state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("adamw", model, settings.lr, settings.weight_decay)
@@ -294,7 +308,8 @@ def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelle
     order = torch.Generator().manual_seed(settings.seed)
     batch = min(FIXMATCH_BATCH, len(train))
     labelled_order = batch_indices(len(train), steps, batch, order).to(device)
-    unlabelled_order = batch_indices(len(unlabelled), steps, FIXMATCH_UNLABELLED_PER_LABELLED * batch, order).to(device)
+    per_batch = settings.fixmatch_unlabelled_ratio * batch
+    unlabelled_order = batch_indices(len(unlabelled), steps, per_batch, order).to(device)
     images, labels, unlabelled = train.images.to(device), train.labels.to(device), unlabelled.to(device)
     generator = torch.Generator(device).manual_seed(settings.seed)
     averaged = None if average is None else frozen_copy(model)
@@ -310,6 +325,9 @@ def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelle
             raise UserError(f"FixMatch: loss became {loss} at step {step + 1}; lower the fine-tuning lr")
         if averaged is not None:
             ema_update(averaged, model, average)
+        if monitor is not None and (step + 1) % MONITOR_EVERY == 0:
+            monitor(step + 1, nn.Sequential(model.backbone, model.classifier).eval())
+            model.train()
     if averaged is not None:
         with torch.no_grad():
             for mean, last in zip(averaged.buffers(), model.buffers(), strict=True):
@@ -321,7 +339,8 @@ def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelle
 def fixmatch_classifier(backbone: nn.Module, train: Split, val: Split, unlabelled: torch.Tensor,
                         class_names: tuple[str, ...], aug: augment.AugmentConfig, device: torch.device,
                         settings: LabelFractions, autocast_dtype: torch.dtype | None = None,
-                        average: float | None = None, align: bool = False) -> nn.Sequential:
+                        average: float | None = None, align: bool = False, monitor: Monitor | None = None,
+                        ) -> nn.Sequential:
     """`train_fixmatch` from `backbone` (modified in place) with a head that already knows the
     labelled images: the linear probe on `backbone`'s features of `train`, at the weight decay
     `val` chooses."""
@@ -329,7 +348,8 @@ def fixmatch_classifier(backbone: nn.Module, train: Split, val: Split, unlabelle
                          s.labels.to(device)) for s in (train, val)]
     val_accuracy, solutions = probe_on_validation(train_xy, val_xy, len(class_names))
     head = on_raw_features(solutions[best_weight_decay(val_accuracy)], *feature_statistics(train_xy[0]))
-    return train_fixmatch(backbone, head, train, unlabelled, aug, device, settings, autocast_dtype, average, align)
+    return train_fixmatch(backbone, head, train, unlabelled, aug, device, settings, autocast_dtype, average, align,
+                          monitor)
 
 
 def classifier_accuracy(model: nn.Module, split: Split, aug: augment.AugmentConfig, device: torch.device,
