@@ -81,9 +81,10 @@ def pseudo_label_monitor(pool: Split, val: Split, threshold: float, aug: Augment
     """A `train_fixmatch` monitor appending one table row to `rows` at each call: the validation
     accuracy so far, and on `pool` (unlabelled images whose labels only this benchmark reads) the
     fraction predicted with confidence >= `threshold` and the accuracy of those predictions, the
-    pseudo-labels FixMatch would learn (here of the unaugmented images, not its weak views), and
-    the largest share one class takes of them: confirmation bias shows as wrong confident
-    predictions, or as one class taking over."""
+    pseudo-labels FixMatch would learn (here of the unaugmented images, not its weak views, and
+    before any distribution alignment), and the largest share one class takes of them: confirmation
+    bias shows as wrong confident predictions, or as one class taking over. About 1% of `pool` may
+    be labelled images too, as FixMatch's own pool holds them."""
     pool_y, val_y = pool.labels.to(device), val.labels.to(device)
 
     def monitor(step: int, classifier: nn.Module) -> None:
@@ -92,8 +93,8 @@ def pseudo_label_monitor(pool: Split, val: Split, threshold: float, aug: Augment
         confident = confidence >= threshold
         shares = torch.bincount(predicted[confident], minlength=probabilities.shape[1]) / confident.sum().clamp_min(1)
         val_acc = classifier_accuracy(classifier, val, aug, device, amp)
-        rows.append(f"| {step} | {100 * val_acc:.2f}% | {100 * confident.float().mean().item():.1f}% | "
-                    f"{100 * accuracy(predicted[confident], pool_y[confident]):.2f}% | "
+        right = f"{100 * accuracy(predicted[confident], pool_y[confident]):.2f}%" if confident.any() else "-"
+        rows.append(f"| {step} | {100 * val_acc:.2f}% | {100 * confident.float().mean().item():.1f}% | {right} | "
                     f"{100 * accuracy(predicted, pool_y):.2f}% | {100 * shares.max().item():.1f}% |")
     return monitor
 
@@ -129,6 +130,8 @@ def main() -> None:
                    help="also score the fine-tuned and scratch classifiers with BatchNorm statistics recomputed "
                         "on the unaugmented labelled images, and on all training images")
     a = p.parse_args()
+    settings = LabelFractions((a.fraction,), finetune=True, seed=a.label_seed, fixmatch_threshold=a.fixmatch_threshold,
+                              fixmatch_unlabelled_ratio=a.fixmatch_ratio)  # checked before any minutes are spent
     trained = load_trained(a.run_dir)
     cfg, model, epochs = trained.config, trained.model, trained.epochs
     device = resolve_device(cfg.device)
@@ -154,7 +157,6 @@ def main() -> None:
     for k in KNN_K:  # cosine similarity of the raw features, as evaluation's kNN
         print(f"| kNN, k = {k} | {100 * accuracy(knn_predict(features[0], y, features[1], k=k), val_y):.2f}% |")
 
-    settings = LabelFractions((a.fraction,), finetune=True, seed=a.label_seed)
     train_aug = dataclasses.replace(aug, **FINETUNE_AUGMENT)
     classifiers = {}
     for name, start in (("fine-tuned", copy.deepcopy(backbone)), ("from scratch", reinitialised(backbone, settings.seed))):
@@ -185,8 +187,6 @@ def main() -> None:
                           aug, train_aug, device, dataclasses.replace(settings, steps=steps), amp)
         print(f"| fine-tuned, then distilled on all {len(data.train)} training images ({steps} steps) | "
               f"{100 * classifier_accuracy(student, data.val, aug, device, amp):.2f}% |")
-    fixmatch = dataclasses.replace(settings, fixmatch_threshold=a.fixmatch_threshold,
-                                   fixmatch_unlabelled_ratio=a.fixmatch_ratio)
     # the monitor's images: one draw, so that every run of a study is watched on the same ones
     pool = take(data.train, torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:MONITOR_POOL])
     for steps in numbers(a.fixmatch_steps, int):  # its head's weight decay chosen on the validation subset
@@ -195,7 +195,7 @@ def main() -> None:
                    if a.fixmatch_monitor else None)
         classifier = fixmatch_classifier(copy.deepcopy(backbone), train, take(data.val, val_idx), data.train.images,
                                          data.info.class_names, aug, device,
-                                         dataclasses.replace(fixmatch, fixmatch_steps=steps), amp, a.fixmatch_average,
+                                         dataclasses.replace(settings, fixmatch_steps=steps), amp, a.fixmatch_average,
                                          a.fixmatch_align, monitor)
         suffix = "" if a.fixmatch_average is None else f", weights averaged at momentum {a.fixmatch_average:g}"
         suffix += ", distribution alignment" if a.fixmatch_align else ""

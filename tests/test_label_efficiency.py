@@ -346,22 +346,40 @@ def test_fixmatch_threshold_decides_which_images_get_pseudo_labels():
         assert (loss.item() > labelled_only.item()) == (confident > 0)
 
 
-def test_fixmatch_batches_and_monitor_follow_the_settings(small_data, monkeypatch):
+def test_fixmatch_batches_threshold_and_monitor_follow_the_settings(small_data, monkeypatch):
     """Two unlabelled images per labelled one: weak and strong views of 64 unlabelled images beside
-    32 labelled ones; the monitor sees the classifier in eval mode every MONITOR_EVERY steps."""
+    32 labelled ones; the loss gets the settings' threshold; the monitor sees the classifier in eval
+    mode every MONITOR_EVERY steps, training goes on in train mode, and the weights end as without it."""
     import fashionssl.label_efficiency as label_efficiency
-    sizes, seen = [], []
-    augment_views = label_efficiency.augment.augment
-    monkeypatch.setattr(label_efficiency.augment, "augment",
-                        lambda images, *args: sizes.append(len(images)) or augment_views(images, *args))
+    sizes, modes, thresholds, seen = [], [], [], []
+    augment_views, loss = label_efficiency.augment.augment, label_efficiency.fixmatch_loss
+    backbone = reinitialised(build_encoder("cnn-bn"), seed=0)
+
+    def spy_augment(images, *args):
+        sizes.append(len(images))
+        modes.append(backbone.training)
+        return augment_views(images, *args)
+
+    monkeypatch.setattr(label_efficiency.augment, "augment", spy_augment)
+    monkeypatch.setattr(label_efficiency, "fixmatch_loss",
+                        lambda weak, strong, threshold: thresholds.append(threshold) or loss(weak, strong, threshold))
     monkeypatch.setattr(label_efficiency, "MONITOR_EVERY", 2)
     train = Split(small_data.train.images[:32], small_data.train.labels[:32])
-    settings = LabelFractions((0.1,), fixmatch=True, fixmatch_steps=4, fixmatch_unlabelled_ratio=2)
-    train_fixmatch(reinitialised(build_encoder("cnn-bn"), seed=0), torch.nn.Linear(1152, 10), train,
-                   small_data.train.images[32:300], make_config("default"), torch.device("cpu"), settings,
-                   monitor=lambda step, classifier: seen.append((step, classifier.training)))
-    assert sizes == [32, 64, 64] * 4
+    settings = LabelFractions((0.1,), fixmatch=True, fixmatch_steps=4, fixmatch_unlabelled_ratio=2,
+                              fixmatch_threshold=0.9)
+    head, pool = torch.nn.Linear(1152, 10), small_data.train.images[32:300]
+
+    def fixmatch(start: torch.nn.Module, monitor=None) -> torch.nn.Sequential:
+        return train_fixmatch(start, head, train, pool, make_config("default"), torch.device("cpu"), settings,
+                              monitor=monitor)
+
+    watched = fixmatch(backbone, lambda step, classifier: seen.append((step, classifier.training)))
+    assert sizes == [32, 64, 64] * 4 and all(modes)  # the step after the monitor's trains in train mode
+    assert thresholds == [0.9] * 4
     assert seen == [(2, False), (4, False)]
+    unwatched = fixmatch(reinitialised(build_encoder("cnn-bn"), seed=0))
+    for (name, value), other in zip(watched.state_dict().items(), unwatched.state_dict().values(), strict=True):
+        assert torch.equal(value, other), name
 
 
 @pytest.mark.parametrize("field, value", [("fixmatch_threshold", 0.0), ("fixmatch_threshold", 1.5),
@@ -371,12 +389,26 @@ def test_fixmatch_settings_out_of_range_are_user_errors(field, value):
         LabelFractions((0.01,), fixmatch=True, **{field: value})
 
 
-def test_pseudo_label_monitor_reports_a_classifier_stuck_on_one_class(small_data, benchmark_script):
+class ConfidentOnBrightImages(torch.nn.Module):
+    """Class 3 at probability 0.9995 for an image brighter than the data's mean, else ten equal
+    logits (class 0 by argmax, at probability 0.1)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        bright = (images.flatten(1).mean(1) > 0).float()
+        return 10 * bright[:, None] * torch.nn.functional.one_hot(torch.full((len(images),), 3), 10).float()
+
+
+def test_pseudo_label_monitor_scores_the_confident_predictions_apart(benchmark_script):
     monitor_for = benchmark_script("bench_low_label").pseudo_label_monitor
-    labels = torch.arange(10).repeat(20)  # 20 images of each class: 10% of them are 3
-    pool = Split(small_data.train.images[:200], labels)
-    val = Split(small_data.val.images[:100], torch.full((100,), 3))
+    dark, bright = torch.zeros(100, 1, 28, 28, dtype=torch.uint8), torch.full((100, 1, 28, 28), 255, dtype=torch.uint8)
+    # the bright half confident (class 3), half of it right; the dark half not confident, all right (class 0)
+    pool = Split(torch.cat([dark, bright]), torch.cat([torch.zeros(100), torch.tensor([3, 5]).repeat(50)]).long())
+    val = Split(dark, torch.zeros(100, dtype=torch.long))
     rows = []
-    monitor_for(pool, val, 0.95, make_config("default"), torch.device("cpu"), None, rows)(500, ConstantTeacher())
-    # step, validation accuracy, confident, confident ones right, all right, largest class share
-    assert rows == ["| 500 | 100.00% | 100.0% | 10.00% | 10.00% | 100.0% |"]
+    monitor = monitor_for(pool, val, 0.95, make_config("default"), torch.device("cpu"), None, rows)
+    monitor(500, ConfidentOnBrightImages())
+    # step, validation accuracy, confident, confident ones right, all right, largest class share of the confident
+    assert rows == ["| 500 | 100.00% | 50.0% | 50.00% | 75.00% | 100.0% |"]
+    monitor_for(Split(dark, torch.zeros(100, dtype=torch.long)), val, 0.95, make_config("default"),
+                torch.device("cpu"), None, rows)(1000, ConfidentOnBrightImages())
+    assert rows[1] == "| 1000 | 100.00% | 0.0% | - | 100.00% | 0.0% |"  # nothing confident: no accuracy of none

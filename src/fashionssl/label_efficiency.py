@@ -62,19 +62,19 @@ FINETUNE_AUGMENT = {"crop_scale": (0.5, 1.0), "blur_p": 0.0}
 # FixMatch's two views of an image, each applied to the run's augmentation: the weak one, whose
 # confident predictions become pseudo-labels (crop and flip, as the paper's flip and shift), and
 # the strong one that must match them (pretraining's views with random erasing, in place of the
-# paper's RandAugment and Cutout). Its other settings (`LabelFractions`) are the paper's: a
-# confidence threshold of 0.95, the unlabelled term at weight 1, batch 64 of labelled images; four
-# unlabelled images per labelled one (the paper's 7). Checked on the validation split
-# (docs/benchmarks.md, "FixMatch at 1%").
+# paper's RandAugment and Cutout). Its other settings are the paper's (the threshold and the
+# unlabelled images per labelled one: `LabelFractions`): the unlabelled term at weight 1, batch 64
+# of labelled images. Checked on the validation split (docs/benchmarks.md, "FixMatch at 1%").
 FIXMATCH_WEAK_AUGMENT = {"crop_scale": (0.7, 1.0), "jitter_p": 0.0, "blur_p": 0.0}
 FIXMATCH_STRONG_AUGMENT = {"erase_p": 0.5}
 FIXMATCH_BATCH = 64
 # Distribution alignment's running mean prediction, as USB's FixMatch with alignment (about the last
 # 1,000 batches).
 ALIGNMENT_MOMENTUM = 0.999
-# How often `train_fixmatch` calls its monitor: six times in the default 3,000 steps.
+# How often `train_fixmatch` calls its monitor: six times in the default 3,000 steps, a curve for a
+# few seconds each (the benchmark's monitor scores 10,000 images; a run takes 7-8 minutes).
 MONITOR_EVERY = 500
-# A callback `train_fixmatch` hands (steps done, the classifier in eval mode).
+# What `train_fixmatch` calls its monitor with: (steps done, the classifier in eval mode).
 Monitor = Callable[[int, nn.Module], None]
 EXAMPLE = "pass fractions of the labels in (0, 1], e.g. --label-fractions 0.01,0.1,1.0"
 
@@ -96,7 +96,9 @@ class LabelFractions:
     # row with both FixMatch runs took 10-14.5 minutes (docs/benchmarks.md, "FixMatch at 1%").
     fixmatch_steps: int = 3000
     fixmatch_threshold: float = 0.95  # the weak view's top class probability that makes a pseudo-label
-    fixmatch_unlabelled_ratio: int = 4  # unlabelled images per labelled one in each batch
+    # unlabelled images per labelled one in each batch: the paper's 7 scored the same on validation
+    # for 1.7-1.8x the time (docs/benchmarks.md, "FixMatch at 1%")
+    fixmatch_unlabelled_ratio: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", check_fractions(self.fractions))
@@ -294,7 +296,9 @@ def train_fixmatch(backbone: nn.Module, head: nn.Linear, train: Split, unlabelle
     weights over the steps, as the paper evaluates, with the last step's BatchNorm statistics. With
     `align`, the pseudo-labels are distribution-aligned (`FixMatch.aligned`) to the class
     frequencies of `train`'s labels. `monitor`, if given, is called with the step count and the
-    classifier (in eval mode) every MONITOR_EVERY steps, to watch the pseudo-labels as they form."""
+    classifier (in eval mode; the current weights, not their average) every MONITOR_EVERY steps, to
+    watch the pseudo-labels as they form; it must not train or draw random numbers, and then the
+    run is the same as without it."""
     weak = dataclasses.replace(aug, **FIXMATCH_WEAK_AUGMENT)
     strong = dataclasses.replace(aug, **FIXMATCH_STRONG_AUGMENT)
     prior = torch.bincount(train.labels, minlength=head.out_features) / len(train) if align else None
